@@ -1,0 +1,17 @@
+//! `cluster`: a supervisor that forks a pool of workers, each with its own SO_REUSEPORT
+//! listening socket, and an eBPF `sk_reuseport` program that picks the worker for every new
+//! connection inside the kernel.
+//!
+//! - [`cli`]: the command line.
+//! - [`supervisor`]: the worker pool and its event loop; [`supervisor::spawn`] starts workers.
+//! - [`steering`]: the program in the kernel and the other steering modes.
+//! - [`listener`]: creating the listening sockets.
+//! - [`worker`]: the built-in demo HTTP worker.
+
+pub mod cli;
+pub mod cpus;
+pub mod listener;
+pub mod steering;
+pub mod supervisor;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,79 @@
+//! How new connections reach workers: the in-kernel program (round-robin or sticky), the
+//! kernel's own SO_REUSEPORT hash, or one socket shared by every worker.
+
+mod live;
+mod program;
+
+use std::os::fd::BorrowedFd;
+
+pub use live::LiveSlots;
+pub use program::{EventCounters, Policy, ProgramError, SlotCounters, SteeringProgram};
+
+use crate::{cli::SteeringMode, listener::Sharing};
+
+/// The steering in force for a pool.
+#[derive(Debug)]
+pub enum Steering {
+    /// The eBPF program picks the socket.
+    Program(SteeringProgram),
+    /// Every worker has its own socket; the kernel hashes the 4-tuple over the group.
+    KernelHash,
+    /// One socket; whichever worker accepts first gets the connection.
+    Shared,
+}
+
+impl Steering {
+    /// Sets up the steering for `mode` and `slots` slots; loads the program when the mode uses it.
+    pub fn new(mode: SteeringMode, slots: u32) -> Result<Self, ProgramError> {
+        Ok(match mode {
+            SteeringMode::RoundRobin => {
+                Self::Program(SteeringProgram::load(Policy::RoundRobin, slots)?)
+            }
+            SteeringMode::Sticky => Self::Program(SteeringProgram::load(Policy::Sticky, slots)?),
+            SteeringMode::Hash => Self::KernelHash,
+            SteeringMode::Shared => Self::Shared,
+        })
+    }
+
+    /// How worker sockets are shared under this steering.
+    #[must_use]
+    pub fn sharing(&self) -> Sharing {
+        match self {
+            Self::Program(_) | Self::KernelHash => Sharing::ReusePort,
+            Self::Shared => Sharing::Exclusive,
+        }
+    }
+
+    /// A new socket is listening: make sure the group it joined runs the program.
+    pub fn socket_listening(&self, socket: BorrowedFd<'_>) -> Result<(), ProgramError> {
+        match self {
+            Self::Program(program) => program.attach(socket),
+            Self::KernelHash | Self::Shared => Ok(()),
+        }
+    }
+
+    /// `slot`'s worker is serving on `socket`: steer connections to it.
+    pub fn worker_serving(&mut self, slot: u32, socket: BorrowedFd<'_>) -> Result<(), ProgramError> {
+        match self {
+            Self::Program(program) => program.add(slot, socket),
+            Self::KernelHash | Self::Shared => Ok(()),
+        }
+    }
+
+    /// `slot`'s worker is gone: steer nothing more to it.
+    pub fn worker_gone(&mut self, slot: u32) -> Result<(), ProgramError> {
+        match self {
+            Self::Program(program) => program.remove(slot),
+            Self::KernelHash | Self::Shared => Ok(()),
+        }
+    }
+
+    /// The program, when this steering has one.
+    #[must_use]
+    pub fn program(&self) -> Option<&SteeringProgram> {
+        match self {
+            Self::Program(program) => Some(program),
+            Self::KernelHash | Self::Shared => None,
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The eBPF steering program in the kernel: loading it, attaching it to the reuseport group, and
+//! writing its maps (slot sockets, live table, sticky table); reading its counters.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+use aya::{
+    Ebpf, include_bytes_aligned,
+    maps::{Array, MapData, PerCpuArray, ReusePortSockArray},
+    programs::SkReuseport,
+};
+use cluster_common::{
+    Config, STICKY_BUCKETS, SlotStats, event, map_names, mode, sticky_owner,
+};
+
+use super::live::LiveSlots;
+
+/// The object built from `cluster-ebpf` by build.rs.
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cluster-steering"));
+
+/// Loaded as `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE` (Linux 5.14+).
+const PROGRAM_MIGRATE: &str = "select_worker";
+/// Loaded as `BPF_SK_REUSEPORT_SELECT`, for kernels that refuse the migrate attach type.
+const PROGRAM_SELECT: &str = "select_worker_no_migrate";
+
+/// What the program chooses by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    RoundRobin,
+    Sticky,
+}
+
+/// Why the program could not be loaded or its maps not written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error(
+        "loading the eBPF steering program was refused ({source}): run as root, or with CAP_BPF and CAP_NET_ADMIN; `--steering hash` needs neither"
+    )]
+    Privilege {
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "this kernel cannot run the eBPF steering program ({op}: {source}): it needs Linux 5.14+ with BPF syscall, SK_REUSEPORT programs and REUSEPORT_SOCKARRAY maps; use `--steering hash` instead"
+    )]
+    Unsupported {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{op} failed: {detail}")]
+    Other { op: &'static str, detail: String },
+}
+
+/// The loaded program and its maps. Dropping it closes our map and program fds; the program stays
+/// attached to the group until the group's last socket closes (net/core/sock_reuseport.c
+/// `reuseport_free_rcu`).
+pub struct SteeringProgram {
+    ebpf: Ebpf,
+    program_name: &'static str,
+    sockets: ReusePortSockArray<MapData>,
+    config: Array<MapData, Config>,
+    live_table: Array<MapData, u32>,
+    slot_stats: PerCpuArray<MapData, SlotStats>,
+    events: PerCpuArray<MapData, u64>,
+    policy: Policy,
+    live: LiveSlots,
+}
+
+impl std::fmt::Debug for SteeringProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SteeringProgram")
+            .field("program", &self.program_name)
+            .field("policy", &self.policy)
+            .field("live", &self.live)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The program's own counters for one slot, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotCounters {
+    pub selected: u64,
+    pub migrated: u64,
+}
+
+/// How often each fallback path ran, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventCounters {
+    pub probed: u64,
+    pub last_resort: u64,
+    pub addr_unreadable: u64,
+    pub sticky_moved: u64,
+}
+
+impl SteeringProgram {
+    /// Creates the maps, loads the program (migrate-capable when the kernel allows) and fills the
+    /// sticky table for `slots` slots.
+    pub fn load(policy: Policy, slots: u32) -> Result<Self, ProgramError> {
+        raise_memlock_limit();
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| classify("creating the eBPF maps", &e))?;
+        let program_name = load_program(&mut ebpf)?;
+        let mut program = Self {
+            sockets: take_map(&mut ebpf, map_names::SOCKETS)?,
+            config: take_map(&mut ebpf, map_names::CONFIG)?,
+            live_table: take_map(&mut ebpf, map_names::LIVE)?,
+            slot_stats: take_map(&mut ebpf, map_names::SLOT_STATS)?,
+            events: take_map(&mut ebpf, map_names::EVENTS)?,
+            ebpf,
+            program_name,
+            policy,
+            live: LiveSlots::default(),
+        };
+        let mut sticky: Array<MapData, u32> = take_map(&mut program.ebpf, map_names::STICKY)?;
+        for bucket in 0..STICKY_BUCKETS {
+            sticky
+                .set(bucket, sticky_owner(bucket, slots), 0)
+                .map_err(|e| other("writing the sticky table", &e))?;
+        }
+        program.write_config()?;
+        Ok(program)
+    }
+
+    /// Whether queued connections of a closing socket are moved by this program.
+    #[must_use]
+    pub fn migrates(&self) -> bool {
+        self.program_name == PROGRAM_MIGRATE
+    }
+
+    /// Attaches the program to the reuseport group of `socket`, which must be listening: the
+    /// program belongs to the group and a socket that joins later uses it. Attaching again
+    /// replaces it with itself, which also covers a group that emptied and was made anew
+    /// (../shared/docs/kernel-facts.md §5).
+    pub fn attach(&self, socket: BorrowedFd<'_>) -> Result<(), ProgramError> {
+        let program: &SkReuseport = self
+            .ebpf
+            .program(self.program_name)
+            .ok_or_else(|| missing(self.program_name))?
+            .try_into()
+            .map_err(|e| other("looking up the steering program", &e))?;
+        program
+            .attach(socket)
+            .map_err(|e| classify("attaching the program (SO_ATTACH_REUSEPORT_EBPF)", &e))
+    }
+
+    /// Puts `slot`'s socket into the selection.
+    pub fn add(&mut self, slot: u32, socket: BorrowedFd<'_>) -> Result<(), ProgramError> {
+        self.sockets
+            .set(slot, &socket.as_raw_fd(), 0)
+            .map_err(|e| other("storing the worker socket in SOCKETS", &e))?;
+        if self.live.insert(slot) {
+            self.write_live()?;
+        }
+        Ok(())
+    }
+
+    /// Takes `slot` out of the selection. The kernel has already emptied its `SOCKETS` entry if
+    /// the socket closed (`bpf_sk_reuseport_detach`); clearing it again is harmless.
+    pub fn remove(&mut self, slot: u32) -> Result<(), ProgramError> {
+        let _already_empty = self.sockets.clear_index(&slot);
+        if self.live.remove(slot) {
+            self.write_live()?;
+        }
+        Ok(())
+    }
+
+    /// The program's counters for `slot`.
+    pub fn slot_counters(&self, slot: u32) -> Result<SlotCounters, ProgramError> {
+        let per_cpu = self
+            .slot_stats
+            .get(&slot, 0)
+            .map_err(|e| other("reading SLOT_STATS", &e))?;
+        Ok(per_cpu.iter().fold(SlotCounters::default(), |sum, s| SlotCounters {
+            selected: sum.selected + s.selected,
+            migrated: sum.migrated + s.migrated,
+        }))
+    }
+
+    /// The program's fallback counters.
+    pub fn event_counters(&self) -> Result<EventCounters, ProgramError> {
+        let read = |index: u32| -> Result<u64, ProgramError> {
+            let per_cpu = self
+                .events
+                .get(&index, 0)
+                .map_err(|e| other("reading EVENTS", &e))?;
+            Ok(per_cpu.iter().sum())
+        };
+        Ok(EventCounters {
+            probed: read(event::PROBED)?,
+            last_resort: read(event::LAST_RESORT)?,
+            addr_unreadable: read(event::ADDR_UNREADABLE)?,
+            sticky_moved: read(event::STICKY_MOVED)?,
+        })
+    }
+
+    /// Writes the dense live table, then its length. A reader that runs in between sees a
+    /// table whose entries may name a slot that just emptied; it skips it by probing on.
+    fn write_live(&mut self) -> Result<(), ProgramError> {
+        for (position, slot) in self.live.table() {
+            self.live_table
+                .set(position, slot, 0)
+                .map_err(|e| other("writing the LIVE table", &e))?;
+        }
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<(), ProgramError> {
+        let config = Config {
+            mode: match self.policy {
+                Policy::RoundRobin => mode::ROUND_ROBIN,
+                Policy::Sticky => mode::STICKY,
+            },
+            live_count: self.live.len(),
+        };
+        self.config
+            .set(0, config, 0)
+            .map_err(|e| other("writing CONFIG", &e))
+    }
+}
+
+/// Loads the migrate-capable program, or the plain one where the kernel refuses the migrate
+/// attach type (before 5.14: EINVAL on `expected_attach_type`).
+fn load_program(ebpf: &mut Ebpf) -> Result<&'static str, ProgramError> {
+    let mut first_error = None;
+    for name in [PROGRAM_MIGRATE, PROGRAM_SELECT] {
+        let program: &mut SkReuseport = ebpf
+            .program_mut(name)
+            .ok_or_else(|| missing(name))?
+            .try_into()
+            .map_err(|e| other("looking up the steering program", &e))?;
+        match program.load() {
+            Ok(()) => {
+                if name != PROGRAM_MIGRATE {
+                    tracing::warn!(
+                        "kernel has no SK_REUSEPORT migration (Linux < 5.14): connections queued on a worker that exits are reset"
+                    );
+                }
+                return Ok(name);
+            }
+            Err(err) => {
+                let classified = classify("loading the steering program", &err);
+                if matches!(classified, ProgramError::Privilege { .. }) {
+                    return Err(classified);
+                }
+                first_error.get_or_insert(classified);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| missing(PROGRAM_SELECT)))
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, ProgramError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| missing(name))?;
+    M::try_from(map).map_err(|e| other("opening a steering map", &e))
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it. Best effort:
+/// if raising fails, loading reports the real error.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass and nothing else.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+/// Sorts an aya error by the errno underneath it: missing privilege, missing kernel support,
+/// or anything else.
+fn classify(op: &'static str, err: &(dyn std::error::Error + 'static)) -> ProgramError {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && let Some(errno) = io.raw_os_error()
+        {
+            let source = io::Error::from_raw_os_error(errno);
+            return match errno {
+                libc::EPERM | libc::EACCES => ProgramError::Privilege { source },
+                // ENOTSUPP (524) is the kernel-internal "not supported" some BPF paths return.
+                libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | 524 => {
+                    ProgramError::Unsupported { op, source }
+                }
+                _ => other(op, err),
+            };
+        }
+        source = e.source();
+    }
+    other(op, err)
+}
+
+fn other(op: &'static str, err: &dyn std::fmt::Display) -> ProgramError {
+    ProgramError::Other {
+        op,
+        detail: err.to_string(),
+    }
+}
+
+fn missing(name: &str) -> ProgramError {
+    ProgramError::Other {
+        op: "reading the embedded eBPF object",
+        detail: format!("it has no `{name}`; rebuild with `cargo xtask build`"),
+    }
+}
+

@@ -1,0 +1,360 @@
+//! Starting one worker process: fork, hand it its listening socket the systemd way (fd 3,
+//! `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) plus `CLUSTER_WORKER_ID`, and exec.
+//!
+//! Written on fork/exec directly rather than `std::process::Command` because `LISTEN_PID` must
+//! be the child's own pid, known only after fork, and the child may only make async-signal-safe
+//! calls: every string and pointer is prepared before fork, and the child only formats its pid
+//! into a stack buffer, moves fds and calls execve.
+
+use std::{
+    ffi::{CString, OsStr, OsString},
+    io,
+    os::{
+        fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
+        unix::ffi::{OsStrExt, OsStringExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    fcntl::OFlag,
+    unistd::{ForkResult, Pid, fork},
+};
+
+/// The fd a worker finds its listening socket on (`SD_LISTEN_FDS_START`).
+pub const LISTEN_FD: RawFd = 3;
+/// Variables the supervisor sets for each worker; inherited values are dropped.
+const OWN_VARIABLES: [&str; 5] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "CLUSTER_WORKER_ID",
+    "NOTIFY_SOCKET",
+];
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("command `{command}` not found in PATH; give its full path or install it")]
+    NotFound { command: String },
+    #[error("command `{command}` is not an executable file ({path}); check its path and mode")]
+    NotExecutable { command: String, path: String },
+    #[error("cannot find the cluster binary itself to run the demo worker: {0}")]
+    SelfExe(#[source] io::Error),
+    #[error("a worker argument contains a NUL byte: {0:?}")]
+    Nul(OsString),
+    #[error("{op} failed while starting a worker: {source}")]
+    Os {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("exec of `{path}` failed: {source}")]
+    Exec {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What every worker runs: resolved once, before the first fork.
+#[derive(Debug, Clone)]
+pub struct WorkerProgram {
+    path: CString,
+    argv: Vec<CString>,
+}
+
+impl WorkerProgram {
+    /// The built-in demo HTTP server: this binary's hidden `worker` subcommand.
+    pub fn demo() -> Result<Self, SpawnError> {
+        let exe = std::env::current_exe().map_err(SpawnError::SelfExe)?;
+        Self::new(exe, [OsString::from("cluster"), OsString::from("worker")])
+    }
+
+    /// A user's COMMAND: looked up in PATH now, so a typo fails before any worker starts.
+    pub fn command(command: &[OsString]) -> Result<Self, SpawnError> {
+        let (program, _) = command.split_first().ok_or_else(|| SpawnError::NotFound {
+            command: String::new(),
+        })?;
+        let path = resolve(program)?;
+        Self::new(path, command.iter().cloned())
+    }
+
+    fn new(path: PathBuf, argv: impl IntoIterator<Item = OsString>) -> Result<Self, SpawnError> {
+        Ok(Self {
+            path: c_string(path.into_os_string())?,
+            argv: argv.into_iter().map(c_string).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The executable's path, for logs.
+    #[must_use]
+    pub fn display(&self) -> String {
+        String::from_utf8_lossy(self.path.as_bytes()).into_owned()
+    }
+}
+
+/// Finds `program` the way execvp would: a name with a slash is a path, anything else is looked
+/// up in PATH. The file must be executable by us.
+fn resolve(program: &OsStr) -> Result<PathBuf, SpawnError> {
+    let command = program.to_string_lossy().into_owned();
+    let candidates: Vec<PathBuf> = if program.as_bytes().contains(&b'/') {
+        vec![PathBuf::from(program)]
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).map(|dir| dir.join(program)).collect()
+    };
+    let mut found_unusable = None;
+    for candidate in candidates {
+        if candidate.is_file() && is_executable(&candidate) {
+            return Ok(candidate);
+        }
+        if candidate.exists() {
+            found_unusable.get_or_insert(candidate);
+        }
+    }
+    Err(match found_unusable {
+        Some(path) => SpawnError::NotExecutable {
+            command,
+            path: path.display().to_string(),
+        },
+        None => SpawnError::NotFound { command },
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
+fn c_string(s: OsString) -> Result<CString, SpawnError> {
+    CString::new(s.clone().into_vec()).map_err(|_| SpawnError::Nul(s))
+}
+
+/// Starts `program` for `slot` with `listener` as its fd 3. Returns once the child has called
+/// execve successfully (or reports why exec failed). The child is the leader of a new process
+/// group, so signals for it reach what it starts too, and it is killed if the supervisor dies.
+pub fn spawn(
+    program: &WorkerProgram,
+    slot: u32,
+    listener: BorrowedFd<'_>,
+    fd_name: &str,
+) -> Result<Pid, SpawnError> {
+    let env = worker_environment(slot, fd_name)?;
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|v| v.as_ptr()).collect();
+    // The LISTEN_PID entry: the child writes its pid into `pid_entry` and points here at it.
+    let pid_index = envp.len();
+    envp.push(std::ptr::null());
+    envp.push(std::ptr::null());
+    let mut argv: Vec<*const libc::c_char> = program.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+
+    let devnull = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| os("open(/dev/null)", e))?;
+    let (status_read, status_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| os("pipe2", e))?;
+    let parent = nix::unistd::getpid();
+    let mut pid_entry = [0u8; 32];
+
+    // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls on memory
+    // prepared above, and never returns.
+    match unsafe { fork() }.map_err(|e| os("fork", e))? {
+        ForkResult::Child => unsafe {
+            exec_child(&ChildPlan {
+                path: program.path.as_ptr(),
+                argv: argv.as_ptr(),
+                envp: envp.as_mut_ptr(),
+                pid_index,
+                pid_entry: pid_entry.as_mut_ptr(),
+                listener: listener.as_raw_fd(),
+                devnull: devnull.as_raw_fd(),
+                status: status_write.as_raw_fd(),
+                parent: parent.as_raw(),
+            })
+        },
+        ForkResult::Parent { child } => {
+            drop(status_write);
+            // Also set in the child; doing it here too closes the race with an early kill(-pid).
+            let _ = nix::unistd::setpgid(child, child);
+            match read_exec_status(&status_read) {
+                Ok(None) => Ok(child),
+                Ok(Some(errno)) => Err(SpawnError::Exec {
+                    path: program.display(),
+                    source: io::Error::from_raw_os_error(errno),
+                }),
+                Err(source) => Err(SpawnError::Os {
+                    op: "reading the exec status",
+                    source,
+                }),
+            }
+        }
+    }
+}
+
+fn worker_environment(slot: u32, fd_name: &str) -> Result<Vec<CString>, SpawnError> {
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(key, _)| !OWN_VARIABLES.iter().any(|own| key == own))
+        .map(|(key, value)| {
+            let mut entry = key;
+            entry.push("=");
+            entry.push(value);
+            c_string(entry)
+        })
+        .collect::<Result<_, _>>()?;
+    for entry in [
+        "LISTEN_FDS=1".to_owned(),
+        format!("LISTEN_FDNAMES={fd_name}"),
+        format!("CLUSTER_WORKER_ID={slot}"),
+    ] {
+        env.push(c_string(entry.into())?);
+    }
+    Ok(env)
+}
+
+/// Reads what the child wrote before exiting: nothing (EOF: the close-on-exec pipe closed at a
+/// successful exec) or the errno of the failed step.
+fn read_exec_status(pipe: &OwnedFd) -> io::Result<Option<i32>> {
+    let mut buf = [0u8; 4];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match nix::unistd::read(pipe, &mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((filled == buf.len()).then(|| i32::from_ne_bytes(buf)))
+}
+
+fn os(op: &'static str, errno: nix::errno::Errno) -> SpawnError {
+    SpawnError::Os {
+        op,
+        source: errno.into(),
+    }
+}
+
+/// Everything the child needs, as raw pointers and fds into memory prepared before fork.
+struct ChildPlan {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *mut *const libc::c_char,
+    pid_index: usize,
+    pid_entry: *mut u8,
+    listener: RawFd,
+    devnull: RawFd,
+    status: RawFd,
+    parent: libc::pid_t,
+}
+
+/// Runs in the forked child: async-signal-safe calls only, no allocation.
+///
+/// # Safety
+/// Call only in a freshly forked child, with `plan` pointing into memory prepared before fork.
+unsafe fn exec_child(plan: &ChildPlan) -> ! {
+    // SAFETY: (for the whole block) plain syscalls on fds and memory from `plan`.
+    unsafe {
+        let fail = |status: RawFd| -> ! {
+            let errno = *libc::__errno_location();
+            let bytes = errno.to_ne_bytes();
+            libc::write(status, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127)
+        };
+        // Die with the supervisor; if it already died, the parent is someone else now.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != plan.parent
+        {
+            libc::_exit(1);
+        }
+        libc::setpgid(0, 0);
+        // A clean signal state: Rust ignores SIGPIPE and the mask is inherited.
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &raw const none, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+
+        // Lift every fd we use above the ones we are about to fill (0 and 3), so none is
+        // overwritten before it is read.
+        let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+        let status = high(plan.status);
+        let listener = high(plan.listener);
+        let devnull = high(plan.devnull);
+        if status < 0 || listener < 0 || devnull < 0 {
+            fail(if status < 0 { plan.status } else { status });
+        }
+        // dup2 leaves the new fd without close-on-exec: these two survive exec.
+        if libc::dup2(listener, LISTEN_FD) < 0 || libc::dup2(devnull, 0) < 0 {
+            fail(status);
+        }
+
+        let len = write_pid_entry(plan.pid_entry, libc::getpid());
+        *plan.pid_entry.add(len) = 0;
+        *plan.envp.add(plan.pid_index) = plan.pid_entry.cast_const().cast();
+        libc::execve(plan.path, plan.argv, plan.envp.cast_const());
+        fail(status)
+    }
+}
+
+/// Writes `LISTEN_PID=<pid>` at `out` and returns its length; `out` has room for 32 bytes.
+///
+/// # Safety
+/// `out` must be valid for 32 bytes of writes.
+unsafe fn write_pid_entry(out: *mut u8, pid: libc::pid_t) -> usize {
+    const PREFIX: &[u8] = b"LISTEN_PID=";
+    let mut digits = [0u8; 12];
+    let mut n = pid.unsigned_abs();
+    let mut count = 0;
+    loop {
+        digits[count] = b'0' + (n % 10) as u8;
+        count += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // SAFETY: PREFIX (11) + at most 10 digits fit in the caller's 32 bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(PREFIX.as_ptr(), out, PREFIX.len());
+        for i in 0..count {
+            *out.add(PREFIX.len() + i) = digits[count - 1 - i];
+        }
+    }
+    PREFIX.len() + count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_entry_formats() {
+        let mut buf = [0u8; 32];
+        for (pid, text) in [(1, "LISTEN_PID=1"), (4_194_304, "LISTEN_PID=4194304")] {
+            // SAFETY: buf has 32 bytes.
+            let len = unsafe { write_pid_entry(buf.as_mut_ptr(), pid) };
+            assert_eq!(&buf[..len], text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn resolves_commands() {
+        assert!(WorkerProgram::command(&["sh".into()]).is_ok());
+        let err = WorkerProgram::command(&["no-such-command-xyz".into()]).unwrap_err();
+        assert!(err.to_string().contains("not found in PATH"), "{err}");
+        let err = WorkerProgram::command(&["/etc/hostname".into()]).unwrap_err();
+        assert!(matches!(err, SpawnError::NotExecutable { .. }), "{err}");
+    }
+
+    #[test]
+    fn exec_status_pipe() {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        drop(w);
+        assert_eq!(read_exec_status(&r).unwrap(), None);
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        nix::unistd::write(&w, &2i32.to_ne_bytes()).unwrap();
+        drop(w);
+        assert_eq!(read_exec_status(&r).unwrap(), Some(2));
+    }
+}
