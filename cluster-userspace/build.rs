@@ -45,8 +45,9 @@ fn build() -> Result<(), String> {
                 .into(),
         );
     }
-    let rustup = find_on_path("rustup")
-        .ok_or("rustup is not on PATH: install rustup (https://rustup.rs), then run `cargo xtask setup`")?;
+    let rustup = find_on_path("rustup").ok_or(
+        "rustup is not on PATH: install rustup (https://rustup.rs), then run `cargo xtask setup`",
+    )?;
 
     let out_dir = PathBuf::from(env_var("OUT_DIR")?);
     let target_dir = env::var_os("CARGO_TARGET_DIR")
@@ -63,7 +64,14 @@ fn build() -> Result<(), String> {
 
     let mut cargo = Command::new(rustup);
     cargo
-        .args(["run", "nightly", "cargo", "build", "--package", EBPF_PACKAGE])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--package",
+            EBPF_PACKAGE,
+        ])
         .args(["--bins", "--release", "--target", BPF_TARGET])
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)

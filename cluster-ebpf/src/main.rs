@@ -26,7 +26,10 @@
 // `fetch_add` needs compare-and-swap, which the BPF target does not declare; the fetching add
 // itself is one BPF instruction, reached through the intrinsic.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_xadd is the only way to a fetching add on BPF")]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only way to a fetching add on BPF"
+)]
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 

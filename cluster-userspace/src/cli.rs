@@ -150,9 +150,21 @@ mod tests {
             Ok(WorkerCount::Exactly(NonZeroU32::new(4).unwrap()))
         );
         assert!(parse_worker_count("0").unwrap_err().contains("at least 1"));
-        assert!(parse_worker_count("abc").unwrap_err().contains("whole number"));
-        assert!(parse_worker_count("-3").unwrap_err().contains("whole number"));
-        assert!(parse_worker_count("99999999999").unwrap_err().contains("at most"));
+        assert!(
+            parse_worker_count("abc")
+                .unwrap_err()
+                .contains("whole number")
+        );
+        assert!(
+            parse_worker_count("-3")
+                .unwrap_err()
+                .contains("whole number")
+        );
+        assert!(
+            parse_worker_count("99999999999")
+                .unwrap_err()
+                .contains("at most")
+        );
         assert!(parse_worker_count("1025").unwrap_err().contains("at most"));
         assert_eq!(WorkerCount::Max.resolve(3), 3);
         assert_eq!(WorkerCount::Max.resolve(5000), MAX_SLOTS);
@@ -160,11 +172,22 @@ mod tests {
 
     #[test]
     fn listen_and_command() {
-        let args = run_args(&["--listen", "[::1]:0", "--steering", "sticky", "--", "python3", "-V"])
-            .unwrap();
+        let args = run_args(&[
+            "--listen",
+            "[::1]:0",
+            "--steering",
+            "sticky",
+            "--",
+            "python3",
+            "-V",
+        ])
+        .unwrap();
         assert_eq!(args.listen, "[::1]:0".parse().unwrap());
         assert_eq!(args.steering, SteeringMode::Sticky);
-        assert_eq!(args.command, vec![OsString::from("python3"), OsString::from("-V")]);
+        assert_eq!(
+            args.command,
+            vec![OsString::from("python3"), OsString::from("-V")]
+        );
         assert!(run_args(&["--listen", "localhost"]).is_err());
         assert!(run_args(&["--steering", "random"]).is_err());
         assert!(run_args(&["--backlog", "0"]).is_err());

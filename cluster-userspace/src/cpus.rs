@@ -5,6 +5,5 @@
 /// these on Linux (sched_getaffinity, then cpu.max / cpu.cfs_quota_us).
 #[must_use]
 pub fn usable() -> u32 {
-    std::thread::available_parallelism()
-        .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }

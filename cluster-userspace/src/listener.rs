@@ -54,13 +54,9 @@ pub fn reserve(addr: SocketAddr) -> Result<SocketAddr, ListenError> {
     let bound = probe
         .local_addr()
         .map_err(|e| io_error("getsockname", addr, e))?;
-    bound.as_socket().ok_or_else(|| {
-        io_error(
-            "getsockname",
-            addr,
-            io::Error::other("not an inet address"),
-        )
-    })
+    bound
+        .as_socket()
+        .ok_or_else(|| io_error("getsockname", addr, io::Error::other("not an inet address")))
 }
 
 /// Creates a socket bound to `addr` and listening with `backlog`. SO_REUSEPORT must be set before

@@ -53,7 +53,10 @@ mod tests {
         assert!(live.remove(0));
         assert!(!live.remove(0));
         assert_eq!(live.len(), 3);
-        assert_eq!(live.table().collect::<Vec<_>>(), vec![(0, 1), (1, 3), (2, 7)]);
+        assert_eq!(
+            live.table().collect::<Vec<_>>(),
+            vec![(0, 1), (1, 3), (2, 7)]
+        );
         for slot in [1, 3, 7] {
             live.remove(slot);
         }

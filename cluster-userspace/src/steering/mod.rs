@@ -14,8 +14,8 @@ use crate::{cli::SteeringMode, listener::Sharing};
 /// The steering in force for a pool.
 #[derive(Debug)]
 pub enum Steering {
-    /// The eBPF program picks the socket.
-    Program(SteeringProgram),
+    /// The eBPF program picks the socket. Boxed: it is large and there is one per pool.
+    Program(Box<SteeringProgram>),
     /// Every worker has its own socket; the kernel hashes the 4-tuple over the group.
     KernelHash,
     /// One socket; whichever worker accepts first gets the connection.
@@ -27,9 +27,11 @@ impl Steering {
     pub fn new(mode: SteeringMode, slots: u32) -> Result<Self, ProgramError> {
         Ok(match mode {
             SteeringMode::RoundRobin => {
-                Self::Program(SteeringProgram::load(Policy::RoundRobin, slots)?)
+                Self::Program(Box::new(SteeringProgram::load(Policy::RoundRobin, slots)?))
             }
-            SteeringMode::Sticky => Self::Program(SteeringProgram::load(Policy::Sticky, slots)?),
+            SteeringMode::Sticky => {
+                Self::Program(Box::new(SteeringProgram::load(Policy::Sticky, slots)?))
+            }
             SteeringMode::Hash => Self::KernelHash,
             SteeringMode::Shared => Self::Shared,
         })
@@ -53,7 +55,11 @@ impl Steering {
     }
 
     /// `slot`'s worker is serving on `socket`: steer connections to it.
-    pub fn worker_serving(&mut self, slot: u32, socket: BorrowedFd<'_>) -> Result<(), ProgramError> {
+    pub fn worker_serving(
+        &mut self,
+        slot: u32,
+        socket: BorrowedFd<'_>,
+    ) -> Result<(), ProgramError> {
         match self {
             Self::Program(program) => program.add(slot, socket),
             Self::KernelHash | Self::Shared => Ok(()),

@@ -11,9 +11,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, ReusePortSockArray},
     programs::SkReuseport,
 };
-use cluster_common::{
-    Config, STICKY_BUCKETS, SlotStats, event, map_names, mode, sticky_owner,
-};
+use cluster_common::{Config, STICKY_BUCKETS, SlotStats, event, map_names, mode, sticky_owner};
 
 use super::live::LiveSlots;
 
@@ -172,10 +170,12 @@ impl SteeringProgram {
             .slot_stats
             .get(&slot, 0)
             .map_err(|e| other("reading SLOT_STATS", &e))?;
-        Ok(per_cpu.iter().fold(SlotCounters::default(), |sum, s| SlotCounters {
-            selected: sum.selected + s.selected,
-            migrated: sum.migrated + s.migrated,
-        }))
+        Ok(per_cpu
+            .iter()
+            .fold(SlotCounters::default(), |sum, s| SlotCounters {
+                selected: sum.selected + s.selected,
+                migrated: sum.migrated + s.migrated,
+            }))
     }
 
     /// The program's fallback counters.
@@ -309,4 +309,3 @@ fn missing(name: &str) -> ProgramError {
         detail: format!("it has no `{name}`; rebuild with `cargo xtask build`"),
     }
 }
-

@@ -73,7 +73,10 @@ mod tests {
             [100, 200, 400, 800, 1600, 3200, 6400, 12800, 15000, 15000]
         );
         assert_eq!(backoff.quick_failures(), 10);
-        assert_eq!(backoff.on_exit(Duration::from_secs(5), &policy), Duration::ZERO);
+        assert_eq!(
+            backoff.on_exit(Duration::from_secs(5), &policy),
+            Duration::ZERO
+        );
         assert_eq!(backoff.quick_failures(), 0);
         assert_eq!(backoff.on_exit(quick, &policy).as_millis(), 100);
     }

@@ -333,10 +333,12 @@ impl Supervisor {
     }
 
     fn slot_of(&self, pid: Pid) -> Option<u32> {
-        (0u32..).zip(&self.slots).find_map(|(slot, s)| match s.state {
-            SlotState::Running { pid: p, .. } if p == pid => Some(slot),
-            _ => None,
-        })
+        (0u32..)
+            .zip(&self.slots)
+            .find_map(|(slot, s)| match s.state {
+                SlotState::Running { pid: p, .. } if p == pid => Some(slot),
+                _ => None,
+            })
     }
 
     fn running_pids(&self) -> Vec<Pid> {
@@ -369,8 +371,11 @@ impl Supervisor {
         }
         let stragglers = self.running_pids();
         if !stragglers.is_empty() {
-            warn!(count = stragglers.len(), timeout_s = self.options.shutdown_timeout.as_secs(),
-                  "workers did not exit after SIGTERM; killing them");
+            warn!(
+                count = stragglers.len(),
+                timeout_s = self.options.shutdown_timeout.as_secs(),
+                "workers did not exit after SIGTERM; killing them"
+            );
             for pid in &stragglers {
                 signal_group(*pid, Signal::SIGKILL);
             }
@@ -412,14 +417,23 @@ impl Supervisor {
         };
         for slot in 0..self.options.slots {
             match program.slot_counters(slot) {
-                Ok(c) => info!(slot, selected = c.selected, migrated = c.migrated, "steering stats"),
+                Ok(c) => info!(
+                    slot,
+                    selected = c.selected,
+                    migrated = c.migrated,
+                    "steering stats"
+                ),
                 Err(err) => warn!(slot, error = %err, "could not read steering stats"),
             }
         }
         match program.event_counters() {
-            Ok(e) => info!(probed = e.probed, last_resort = e.last_resort,
-                           addr_unreadable = e.addr_unreadable, sticky_moved = e.sticky_moved,
-                           "steering events"),
+            Ok(e) => info!(
+                probed = e.probed,
+                last_resort = e.last_resort,
+                addr_unreadable = e.addr_unreadable,
+                sticky_moved = e.sticky_moved,
+                "steering events"
+            ),
             Err(err) => warn!(error = %err, "could not read steering events"),
         }
     }

@@ -102,7 +102,9 @@ fn resolve(program: &OsStr) -> Result<PathBuf, SpawnError> {
         vec![PathBuf::from(program)]
     } else {
         let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path).map(|dir| dir.join(program)).collect()
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .collect()
     };
     let mut found_unusable = None;
     for candidate in candidates {

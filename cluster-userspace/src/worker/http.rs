@@ -25,7 +25,10 @@ pub struct Identity {
 pub fn respond<B>(request: &Request<B>, identity: Identity) -> Response<Full<Bytes>> {
     let method = request.method();
     if method != Method::GET && method != Method::HEAD {
-        return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served\n");
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are served\n",
+        );
     }
     match request.uri().path() {
         "/" => handled(identity),
@@ -51,7 +54,9 @@ pub fn iterations(query: Option<&str>) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("`iterations` must be a whole number, got {value:?}"))?;
     if n > MAX_ITERATIONS {
-        return Err(format!("`iterations` must be at most {MAX_ITERATIONS}, got {n}"));
+        return Err(format!(
+            "`iterations` must be at most {MAX_ITERATIONS}, got {n}"
+        ));
     }
     Ok(n)
 }
@@ -101,12 +106,14 @@ mod tests {
 
     fn body(response: Response<Full<Bytes>>) -> String {
         let collected = block_on(response.into_body().collect());
-        String::from_utf8(collected.to_bytes().to_vec()).unwrap()
+        String::from_utf8(collected.unwrap().to_bytes().to_vec()).unwrap()
     }
 
     /// Runs a future to completion on a throwaway runtime.
     fn block_on<F: std::future::Future>(future: F) -> F::Output {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         runtime.block_on(future)
     }
 
@@ -123,14 +130,22 @@ mod tests {
     fn work_validates_iterations() {
         assert_eq!(get("/work?iterations=1000").status(), StatusCode::OK);
         assert_eq!(get("/work?iterations=0").status(), StatusCode::OK);
-        for bad in ["/work", "/work?iterations=abc", "/work?iterations=-1", "/work?iterations=10000000001"] {
+        for bad in [
+            "/work",
+            "/work?iterations=abc",
+            "/work?iterations=-1",
+            "/work?iterations=10000000001",
+        ] {
             let response = get(bad);
             assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
             let text = body(response);
             assert_eq!(text.lines().count(), 1, "{text}");
         }
         assert_eq!(iterations(Some("x=1&iterations=5")), Ok(5));
-        assert_eq!(iterations(Some("iterations=10000000000")), Ok(MAX_ITERATIONS));
+        assert_eq!(
+            iterations(Some("iterations=10000000000")),
+            Ok(MAX_ITERATIONS)
+        );
     }
 
     #[test]

@@ -49,7 +49,9 @@ pub fn take_listener() -> Result<TcpListener, ListenFdsError> {
     let socket = socket2::SockRef::from(&first_fd);
     let accepting = socket.is_listener().map_err(ListenFdsError::NotASocket)?;
     if !accepting {
-        return Err(ListenFdsError::NotASocket(io::Error::other("not listening")));
+        return Err(ListenFdsError::NotASocket(io::Error::other(
+            "not listening",
+        )));
     }
     // SAFETY: LISTEN_FDS/LISTEN_PID hand fd 3 to this process, and we checked it is a listening
     // socket; nothing else in the process owns it.

@@ -100,9 +100,10 @@ async fn serve(listener: StdListener, identity: Identity) -> Result<(), WorkerEr
 }
 
 fn serve_connection(stream: TcpStream, identity: Identity, graceful: &GracefulShutdown) {
-    let service = service_fn(move |request| async move {
-        Ok::<_, Infallible>(http::respond(&request, identity))
-    });
+    let service =
+        service_fn(
+            move |request| async move { Ok::<_, Infallible>(http::respond(&request, identity)) },
+        );
     let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     let connection = graceful.watch(connection);
     tokio::spawn(async move {
