@@ -1,1 +1,511 @@
-//! placeholder
+//! Harness for the integration tests: starts the real `cluster` binary as a user would, waits
+//! for its `ready` line, sends HTTP requests from chosen source addresses, reads the program's
+//! counters from the final log, and stops everything it started, also when a test fails.
+//!
+//! Tests panic with the cluster's log instead of returning errors (as aya's integration tests
+//! do), and never skip: a missing privilege is a failure that says what is missing.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use socket2::{Domain, Socket, Type};
+
+/// How long a cluster gets to print `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a cluster gets to exit after SIGTERM (its own worker timeout is 10 s).
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Socket timeouts of the test client: nothing in a test may hang.
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The `cluster` binary under test: `CLUSTER_BIN`, or the one `cargo xtask test` built next to
+/// this test executable (`target/<profile>/cluster`).
+#[must_use]
+pub fn cluster_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CLUSTER_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary is in target/<profile>/deps");
+    let bin = profile_dir.join("cluster");
+    assert!(
+        bin.is_file(),
+        "{} does not exist: run the tests with `cargo xtask test`, which builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails the test unless it runs as root: loading the program needs CAP_BPF and CAP_NET_ADMIN.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test loads the eBPF program and needs root (CI runs as root): run `sudo -E cargo xtask test`"
+    );
+}
+
+/// A running `cluster run`, stopped (and its workers with it) when dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    child: Option<Child>,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Cluster {
+    /// Starts `cluster run --listen 127.0.0.1:0 ARGS` and waits for `ready`.
+    #[must_use]
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_listening("127.0.0.1:0", args)
+    }
+
+    /// Starts `cluster run --listen LISTEN ARGS` and waits for `ready`.
+    #[must_use]
+    pub fn start_listening(listen: &str, args: &[&str]) -> Self {
+        let mut command = Command::new(cluster_binary());
+        command.args(["run", "--listen", listen]).args(args);
+        Self::start_command(command)
+    }
+
+    /// Starts a prepared `cluster` command and waits for `ready`.
+    #[must_use]
+    pub fn start_command(mut command: Command) -> Self {
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the cluster binary");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut cluster = Self {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+        };
+        let ready = cluster.wait_for_log(READY_TIMEOUT, |log| {
+            log.lines()
+                .find(|l| l.contains(" ready "))
+                .map(str::to_owned)
+        });
+        let Some(line) = ready else {
+            panic!("cluster did not become ready:\n{}", cluster.log());
+        };
+        cluster.addr = field(&line, "addr")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no addr= in the ready line: {line}"));
+        cluster
+    }
+
+    /// The address the cluster listens on.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The supervisor's pid.
+    #[must_use]
+    pub fn pid(&self) -> Pid {
+        let child = self.child.as_ref().expect("running");
+        Pid::from_raw(i32::try_from(child.id()).unwrap())
+    }
+
+    /// Everything the supervisor and its workers logged so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Polls the log until `found` returns something, or `timeout` passes.
+    pub fn wait_for_log<T>(
+        &self,
+        timeout: Duration,
+        mut found: impl FnMut(&str) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = found(&self.log()) {
+                return Some(value);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pid the log says was started for `slot`, the `nth` time (0 = first).
+    #[must_use]
+    pub fn started_pid(&self, slot: u32, nth: usize) -> Option<Pid> {
+        let wanted = format!("slot={slot}");
+        self.log()
+            .lines()
+            .filter(|l| l.contains("worker started") && l.split_whitespace().any(|w| w == wanted))
+            .nth(nth)
+            .and_then(|l| field(l, "pid"))
+            .and_then(|p| p.parse().ok())
+            .map(Pid::from_raw)
+    }
+
+    /// Sends SIGTERM and waits for the supervisor to exit; returns its status and full log.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let status = self.stop_with(Signal::SIGTERM);
+        // The log reader ends when the last worker closes stderr.
+        thread::sleep(Duration::from_millis(100));
+        (status, self.log())
+    }
+
+    fn stop_with(&mut self, signal: Signal) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for cluster") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "cluster did not exit within {EXIT_TIMEOUT:?} of {signal}:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// A test that failed midway still leaves nothing behind: SIGKILL the supervisor, and its
+    /// workers die with it (PR_SET_PDEATHSIG).
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `cluster ARGS` to completion (at most 30 s) and returns exit status and stderr.
+#[must_use]
+pub fn run_to_exit(mut command: Command) -> (ExitStatus, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the cluster binary");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`cluster` hung instead of exiting: {command:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    (status, reader.join().expect("stderr reader"))
+}
+
+/// `cluster ARGS` as a command, for [`run_to_exit`] or [`Cluster::start_command`].
+#[must_use]
+pub fn cluster_command(args: &[&str]) -> Command {
+    let mut command = Command::new(cluster_binary());
+    command.args(args);
+    command
+}
+
+/// Makes `command` run as user and group `nobody`, without capabilities.
+pub fn as_nobody(command: &mut Command) -> &mut Command {
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let nobody = 65534;
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(nobody) != 0
+                || libc::setuid(nobody) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Makes `command` see a kernel without the bpf(2) syscall (as one built without
+/// CONFIG_BPF_SYSCALL): a seccomp filter answers every bpf(2) call with ENOSYS.
+pub fn without_bpf_syscall(command: &mut Command) -> &mut Command {
+    // SAFETY: only async-signal-safe syscalls between fork and exec; the filter is on the stack.
+    unsafe {
+        command.pre_exec(|| {
+            const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+            let stmt = |code: u32, k: u32| libc::sock_filter {
+                code: u16::try_from(code).unwrap_or(0),
+                jt: 0,
+                jf: 0,
+                k,
+            };
+            let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+                code: u16::try_from(code).unwrap_or(0),
+                jt,
+                jf,
+                k,
+            };
+            let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+            let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+            let ret = libc::BPF_RET | libc::BPF_K;
+            // seccomp_data: nr at offset 0, arch at offset 4.
+            let mut filter = [
+                stmt(ld, 4),
+                jump(jeq, AUDIT_ARCH_X86_64, 1, 0),
+                stmt(ret, libc::SECCOMP_RET_ALLOW),
+                stmt(ld, 0),
+                jump(jeq, u32::try_from(libc::SYS_bpf).unwrap_or(0), 0, 1),
+                stmt(
+                    ret,
+                    libc::SECCOMP_RET_ERRNO | u32::try_from(libc::ENOSYS).unwrap_or(0),
+                ),
+                stmt(ret, libc::SECCOMP_RET_ALLOW),
+            ];
+            let program = libc::sock_fprog {
+                len: u16::try_from(filter.len()).unwrap_or(0),
+                filter: filter.as_mut_ptr(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &raw const program,
+                ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Restricts `command` to CPU 0, as `taskset -c 0` would.
+pub fn on_one_cpu(command: &mut Command) -> &mut Command {
+    // SAFETY: sched_setaffinity is a plain syscall on a stack value.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &raw const set) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// What one request got back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub slot: Option<u32>,
+    pub pid: Option<i32>,
+    pub body: String,
+}
+
+/// How a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The SYN was answered with a RST: nothing accepted the connection.
+    Refused,
+    /// The connection was accepted, then reset or closed without an answer.
+    Reset,
+    /// Anything else (timeout, unparsable reply).
+    Other,
+}
+
+/// One new TCP connection to `addr`, from `source` (port chosen by the kernel) when given, one
+/// HTTP/1.1 `GET path` on it with `Connection: close`, and the parsed reply.
+///
+/// Written on std sockets rather than an HTTP client crate because every test needs exact
+/// control of the connection: a fresh one per request (so one request is one SYN the program
+/// steers) and a chosen source address (for sticky steering).
+pub fn get(addr: SocketAddr, path: &str, source: Option<IpAddr>) -> Result<Reply, Failure> {
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(|_| Failure::Other)?;
+    if let Some(ip) = source {
+        socket
+            .bind(&SocketAddr::new(ip, 0).into())
+            .map_err(|_| Failure::Other)?;
+    }
+    match socket.connect_timeout(&addr.into(), IO_TIMEOUT) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(Failure::Refused),
+        Err(_) => return Err(Failure::Other),
+    }
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|_| Failure::Other)?;
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(|_| Failure::Other)?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(io_failure)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io_failure)?;
+    parse_reply(&String::from_utf8_lossy(&raw)).ok_or(Failure::Reset)
+}
+
+fn io_failure(err: io::Error) -> Failure {
+    match err.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => Failure::Reset,
+        _ => Failure::Other,
+    }
+}
+
+fn parse_reply(raw: &str) -> Option<Reply> {
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let mut reply = Reply {
+        status,
+        slot: None,
+        pid: None,
+        body: body.to_owned(),
+    };
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        match name.trim().to_ascii_lowercase().as_str() {
+            "x-worker-slot" => reply.slot = value.trim().parse().ok(),
+            "x-worker-pid" => reply.pid = value.trim().parse().ok(),
+            _ => {}
+        }
+    }
+    Some(reply)
+}
+
+/// Sends `total` requests for `path` from `threads` client threads and returns how many
+/// each slot answered. Panics on any failed request.
+#[must_use]
+pub fn tally(addr: SocketAddr, path: &str, total: usize, threads: usize) -> BTreeMap<u32, u64> {
+    let per_thread = total / threads;
+    assert_eq!(per_thread * threads, total, "total must divide evenly");
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let path = path.to_owned();
+            thread::spawn(move || {
+                let mut counts = BTreeMap::new();
+                for _ in 0..per_thread {
+                    let reply =
+                        get(addr, &path, None).unwrap_or_else(|f| panic!("request failed: {f:?}"));
+                    assert_eq!(reply.status, 200, "{reply:?}");
+                    *counts
+                        .entry(reply.slot.expect("x-worker-slot"))
+                        .or_insert(0) += 1;
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut counts = BTreeMap::new();
+    for handle in handles {
+        for (slot, n) in handle.join().expect("client thread") {
+            *counts.entry(slot).or_insert(0) += n;
+        }
+    }
+    counts
+}
+
+/// The program's per-slot counters from the supervisor's final `steering stats` lines:
+/// slot → (selected, migrated).
+#[must_use]
+pub fn steering_stats(log: &str) -> BTreeMap<u32, (u64, u64)> {
+    log.lines()
+        .filter(|l| l.contains("steering stats"))
+        .filter_map(|l| {
+            Some((
+                field(l, "slot")?.parse().ok()?,
+                (
+                    field(l, "selected")?.parse().ok()?,
+                    field(l, "migrated")?.parse().ok()?,
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// The value of `key=value` in a log line.
+#[must_use]
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Whether the process is gone (or a zombie waiting for a reaper that is not us).
+#[must_use]
+pub fn process_gone(pid: Pid) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits up to `timeout` for every pid to be gone.
+#[must_use]
+pub fn all_gone(pids: &[Pid], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if pids.iter().all(|p| process_gone(*p)) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    pids.iter().all(|p| process_gone(*p))
+}
+
+/// Asserts per-slot counts cover exactly `slots` slots and differ by at most one.
+pub fn assert_exact_rotation(counts: &BTreeMap<u32, u64>, slots: u32) {
+    let expected: Vec<u32> = (0..slots).collect();
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        expected,
+        "{counts:?}"
+    );
+    let min = counts.values().min().unwrap();
+    let max = counts.values().max().unwrap();
+    assert!(max - min <= 1, "round-robin is not exact: {counts:?}");
+}

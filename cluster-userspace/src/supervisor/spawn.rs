@@ -345,7 +345,11 @@ mod tests {
         assert!(WorkerProgram::command(&["sh".into()]).is_ok());
         let err = WorkerProgram::command(&["no-such-command-xyz".into()]).unwrap_err();
         assert!(err.to_string().contains("not found in PATH"), "{err}");
-        let err = WorkerProgram::command(&["/etc/hostname".into()]).unwrap_err();
+        let plain_file =
+            std::env::temp_dir().join(format!("cluster-not-exec-{}", std::process::id()));
+        std::fs::write(&plain_file, "not a program").unwrap();
+        let err = WorkerProgram::command(&[plain_file.clone().into()]).unwrap_err();
+        std::fs::remove_file(&plain_file).unwrap();
         assert!(matches!(err, SpawnError::NotExecutable { .. }), "{err}");
     }
 

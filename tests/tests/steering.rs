@@ -1,0 +1,152 @@
+//! Steering modes, with the real program in the running kernel: round-robin is exact and the
+//! program's own counters agree with what the workers answered; sticky keeps every client
+//! address on one worker, also across a worker's replacement; hash and shared serve.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use cluster_tests::{Cluster, assert_exact_rotation, get, require_root, steering_stats, tally};
+
+fn round_robin(workers: u32) {
+    require_root();
+    let cluster = Cluster::start(&[
+        "--workers",
+        &workers.to_string(),
+        "--steering",
+        "round-robin",
+    ]);
+    let counts = tally(cluster.addr(), "/", 2000, 4);
+    assert_exact_rotation(&counts, workers);
+
+    let (status, log) = cluster.stop();
+    assert!(status.success(), "{status}\n{log}");
+    let stats = steering_stats(&log);
+    let selected: BTreeMap<u32, u64> = stats.iter().map(|(s, (sel, _))| (*s, *sel)).collect();
+    assert_eq!(
+        selected, counts,
+        "the program's counters disagree with the workers\n{log}"
+    );
+}
+
+#[test]
+fn round_robin_two_workers_is_exact() {
+    round_robin(2);
+}
+
+#[test]
+fn round_robin_four_workers_is_exact() {
+    round_robin(4);
+}
+
+#[test]
+fn round_robin_over_ipv6() {
+    require_root();
+    let cluster = Cluster::start_listening("[::1]:0", &["--workers", "3"]);
+    assert!(cluster.addr().is_ipv6());
+    let counts = tally(cluster.addr(), "/", 300, 3);
+    assert_exact_rotation(&counts, 3);
+}
+
+fn client(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i))
+}
+
+/// Which slot and pid every client address reaches, asserting each address always reaches the
+/// same one over `repeats` new connections.
+fn sticky_map(cluster: &Cluster, clients: u8, repeats: usize) -> BTreeMap<u8, (u32, i32)> {
+    (0..clients)
+        .map(|i| {
+            let seen: Vec<(u32, i32)> = (0..repeats)
+                .map(|_| {
+                    let reply = get(cluster.addr(), "/", Some(client(i)))
+                        .unwrap_or_else(|f| panic!("request from {} failed: {f:?}", client(i)));
+                    (reply.slot.unwrap(), reply.pid.unwrap())
+                })
+                .collect();
+            assert!(
+                seen.windows(2).all(|w| w[0] == w[1]),
+                "{} was not sticky: {seen:?}",
+                client(i)
+            );
+            (i, seen[0])
+        })
+        .collect()
+}
+
+#[test]
+fn sticky_keeps_each_address_on_one_worker_across_a_replacement() {
+    require_root();
+    let cluster = Cluster::start(&["--workers", "4", "--steering", "sticky"]);
+    let before = sticky_map(&cluster, 40, 5);
+    let used: std::collections::BTreeSet<u32> = before.values().map(|(slot, _)| *slot).collect();
+    assert!(
+        used.len() >= 2,
+        "sticky used fewer than 2 workers: {before:?}"
+    );
+
+    // Kill the worker of the first client's slot; wait for its replacement.
+    let (victim_slot, victim_pid) = before[&0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim_pid),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    let replaced = cluster.wait_for_log(Duration::from_secs(10), |_| {
+        cluster.started_pid(victim_slot, 1)
+    });
+    let new_pid = replaced
+        .unwrap_or_else(|| panic!("slot {victim_slot} was not refilled\n{}", cluster.log()));
+
+    let after = sticky_map(&cluster, 40, 5);
+    for (i, (slot, pid)) in &before {
+        let (slot_after, pid_after) = after[i];
+        assert_eq!(
+            slot_after,
+            *slot,
+            "{} moved from slot {slot} to {slot_after}",
+            client(*i)
+        );
+        if *slot == victim_slot {
+            assert_eq!(
+                pid_after,
+                new_pid.as_raw(),
+                "{} is not on the replacement",
+                client(*i)
+            );
+        } else {
+            assert_eq!(pid_after, *pid, "{} changed worker", client(*i));
+        }
+    }
+}
+
+#[test]
+fn hash_mode_serves_without_a_program() {
+    let cluster = Cluster::start(&["--workers", "2", "--steering", "hash"]);
+    let counts = tally(cluster.addr(), "/", 200, 2);
+    assert_eq!(counts.values().sum::<u64>(), 200);
+    // 200 connections from random ports: all on one of 2 sockets has probability 2^-199.
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    let (status, log) = cluster.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        steering_stats(&log).is_empty(),
+        "hash mode must not load the program\n{log}"
+    );
+}
+
+#[test]
+fn shared_mode_serves_from_one_socket() {
+    let cluster = Cluster::start(&["--workers", "2", "--steering", "shared"]);
+    let counts = tally(cluster.addr(), "/", 200, 2);
+    assert_eq!(counts.values().sum::<u64>(), 200);
+    assert!(counts.keys().all(|slot| *slot < 2), "{counts:?}");
+    // The one socket is exclusive: nobody else can bind the port, SO_REUSEPORT or not.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.set_reuse_port(true).unwrap();
+    assert!(other.bind(&cluster.addr().into()).is_err());
+    let (status, log) = cluster.stop();
+    assert!(status.success(), "{log}");
+}
