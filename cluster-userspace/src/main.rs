@@ -19,8 +19,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // The one line a person reads; the log above has the details.
-            eprintln!("error: {err:#}");
+            // The one line a person reads. Every error's message already names its cause, so
+            // the source chain (`{:#}`) would only repeat it.
+            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
     }

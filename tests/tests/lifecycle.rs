@@ -1,0 +1,162 @@
+//! The pool's life: workers own their sockets (the supervisor keeps no copy), SIGTERM and SIGINT
+//! stop everything, killing the supervisor leaves no orphan, `--workers max` counts the CPUs
+//! this process may use, and a worker that keeps crashing is restarted with growing delays.
+
+use std::{collections::BTreeSet, fs, time::Duration};
+
+use cluster_tests::{
+    Cluster, all_gone, cluster_command, field, on_one_cpu, process_gone, require_root,
+};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+fn worker_pids(cluster: &Cluster, workers: u32) -> Vec<Pid> {
+    (0..workers)
+        .map(|slot| cluster.started_pid(slot, 0).expect("worker pid"))
+        .collect()
+}
+
+/// Inodes of the TCP sockets listening on `port` (from /proc/net/tcp and tcp6).
+fn listening_inodes(port: u16) -> BTreeSet<u64> {
+    let mut inodes = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in fs::read_to_string(table).unwrap().lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local_port = cols[1].rsplit(':').next().unwrap();
+            if u16::from_str_radix(local_port, 16).unwrap() == port && cols[3] == "0A" {
+                inodes.insert(cols[9].parse().unwrap());
+            }
+        }
+    }
+    inodes
+}
+
+/// Socket inodes among a process's open fds.
+fn socket_inodes(pid: Pid) -> BTreeSet<u64> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let text = target.to_string_lossy().into_owned();
+            text.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn each_worker_owns_its_socket_and_the_supervisor_none() {
+    require_root();
+    let cluster = Cluster::start(&["--workers", "3"]);
+    let listening = listening_inodes(cluster.addr().port());
+    assert_eq!(listening.len(), 3, "one listening socket per worker");
+    assert!(
+        socket_inodes(cluster.pid()).is_disjoint(&listening),
+        "the supervisor keeps a copy of a worker socket"
+    );
+    for pid in worker_pids(&cluster, 3) {
+        assert_eq!(
+            socket_inodes(pid).intersection(&listening).count(),
+            1,
+            "worker {pid}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_stops_every_worker() {
+    require_root();
+    let cluster = Cluster::start(&["--workers", "3"]);
+    let workers = worker_pids(&cluster, 3);
+    let (status, log) = cluster.stop();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("all workers stopped"), "{log}");
+    assert!(
+        all_gone(&workers, Duration::from_secs(2)),
+        "workers left behind\n{log}"
+    );
+}
+
+#[test]
+fn sigint_stops_every_worker() {
+    let cluster = Cluster::start(&["--workers", "2", "--steering", "hash"]);
+    let workers = worker_pids(&cluster, 2);
+    kill(cluster.pid(), Signal::SIGINT).unwrap();
+    let stopped = cluster.wait_for_log(Duration::from_secs(15), |log| {
+        log.contains("all workers stopped").then_some(())
+    });
+    assert!(stopped.is_some(), "{}", cluster.log());
+    assert!(all_gone(&workers, Duration::from_secs(2)));
+}
+
+#[test]
+fn killing_the_supervisor_leaves_no_orphans() {
+    let cluster = Cluster::start(&["--workers", "2", "--steering", "hash"]);
+    let workers = worker_pids(&cluster, 2);
+    kill(cluster.pid(), Signal::SIGKILL).unwrap();
+    assert!(
+        all_gone(&workers, Duration::from_secs(3)),
+        "workers outlived their supervisor"
+    );
+    assert!(workers.iter().all(|pid| process_gone(*pid)));
+}
+
+#[test]
+fn workers_max_counts_the_cpus_this_process_may_use() {
+    let mut command = cluster_command(&["run", "--listen", "127.0.0.1:0", "--steering", "hash"]);
+    on_one_cpu(&mut command);
+    let cluster = Cluster::start_command(command);
+    let log = cluster.log();
+    let ready = log.lines().find(|l| l.contains(" ready ")).unwrap();
+    assert_eq!(field(ready, "workers"), Some("1"), "{ready}");
+
+    let all = Cluster::start(&["--workers", "max", "--steering", "hash"]);
+    let cpus = std::thread::available_parallelism()
+        .unwrap()
+        .get()
+        .to_string();
+    let log = all.log();
+    let ready = log.lines().find(|l| l.contains(" ready ")).unwrap();
+    assert_eq!(field(ready, "workers"), Some(cpus.as_str()), "{ready}");
+}
+
+#[test]
+fn a_crashing_worker_is_restarted_with_growing_delays() {
+    let mut command = cluster_command(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--steering",
+        "hash",
+    ]);
+    command.args(["--", "sh", "-c", "exit 3"]);
+    let cluster = Cluster::start_command(command);
+    let delays = |log: &str| -> Vec<u64> {
+        log.lines()
+            .filter(|l| l.contains("restarting with backoff"))
+            .filter_map(|l| field(l, "delay_ms")?.parse().ok())
+            .collect()
+    };
+    let seen = cluster.wait_for_log(Duration::from_secs(10), |log| {
+        let d = delays(log);
+        (d.len() >= 4).then_some(d)
+    });
+    let seen = seen.unwrap_or_else(|| panic!("no backoff seen:\n{}", cluster.log()));
+    assert_eq!(&seen[..4], &[100, 200, 400, 800], "{}", cluster.log());
+    assert!(
+        cluster.log().contains("status=exit code 3"),
+        "{}",
+        cluster.log()
+    );
+    let (status, log) = cluster.stop();
+    assert!(
+        status.success(),
+        "the supervisor must survive a crash loop\n{log}"
+    );
+}
