@@ -48,6 +48,17 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_timeout: u64,
 
+    /// With a COMMAND: count a worker as serving only once it sends `READY=1` to
+    /// `$NOTIFY_SOCKET` (sd_notify(3)), like PM2's `wait_ready`; without this flag, once it has
+    /// started. The demo worker always reports readiness.
+    #[arg(long, requires = "command")]
+    pub wait_ready: bool,
+
+    /// Seconds a worker gets to report readiness before it is killed and started again.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ready_timeout: u64,
+
     /// Program each worker runs instead of the demo server. It gets its listening socket the
     /// systemd way (fd 3, LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES) and CLUSTER_WORKER_ID=<slot>.
     #[arg(last = true, value_name = "COMMAND")]
@@ -191,6 +202,15 @@ mod tests {
         assert!(run_args(&["--listen", "localhost"]).is_err());
         assert!(run_args(&["--steering", "random"]).is_err());
         assert!(run_args(&["--backlog", "0"]).is_err());
+        assert!(
+            run_args(&["--wait-ready"]).is_err(),
+            "--wait-ready needs a COMMAND"
+        );
+        assert!(
+            run_args(&["--wait-ready", "--", "true"])
+                .unwrap()
+                .wait_ready
+        );
     }
 
     #[test]

@@ -81,7 +81,18 @@ impl Cluster {
 
     /// Starts a prepared `cluster` command and waits for `ready`.
     #[must_use]
-    pub fn start_command(mut command: Command) -> Self {
+    pub fn start_command(command: Command) -> Self {
+        let mut cluster = Self::spawn_command(command);
+        let line = cluster.wait_until_ready();
+        cluster.addr = field(&line, "addr")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no addr= in the ready line: {line}"));
+        cluster
+    }
+
+    /// Starts a prepared `cluster` command without waiting for anything; `addr` is unknown.
+    #[must_use]
+    pub fn spawn_command(mut command: Command) -> Self {
         let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -99,23 +110,35 @@ impl Cluster {
                 log.push('\n');
             }
         });
-        let mut cluster = Self {
+        Self {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
             log,
-        };
-        let ready = cluster.wait_for_log(READY_TIMEOUT, |log| {
-            log.lines()
-                .find(|l| l.contains(" ready "))
-                .map(str::to_owned)
-        });
-        let Some(line) = ready else {
-            panic!("cluster did not become ready:\n{}", cluster.log());
-        };
-        cluster.addr = field(&line, "addr")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no addr= in the ready line: {line}"));
-        cluster
+        }
+    }
+
+    /// Waits for the `ready` line; fails at once if the cluster exits first.
+    fn wait_until_ready(&mut self) -> String {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(line) = ready_line(&self.log()) {
+                return line.to_owned();
+            }
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().expect("wait for cluster") {
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "cluster exited ({status}) before it was ready:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not become ready within {READY_TIMEOUT:?}:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The address the cluster listens on.
@@ -464,6 +487,14 @@ pub fn steering_stats(log: &str) -> BTreeMap<u32, (u64, u64)> {
             ))
         })
         .collect()
+}
+
+/// The supervisor's `ready` line (not a worker's `worker ready`).
+#[must_use]
+pub fn ready_line(log: &str) -> Option<String> {
+    log.lines()
+        .find(|l| l.contains(": ready addr="))
+        .map(str::to_owned)
 }
 
 /// The value of `key=value` in a log line.

@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, fs, time::Duration};
 
 use cluster_tests::{
-    Cluster, all_gone, cluster_command, field, on_one_cpu, process_gone, require_root,
+    Cluster, all_gone, cluster_command, field, on_one_cpu, process_gone, ready_line, require_root,
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -110,18 +110,16 @@ fn workers_max_counts_the_cpus_this_process_may_use() {
     let mut command = cluster_command(&["run", "--listen", "127.0.0.1:0", "--steering", "hash"]);
     on_one_cpu(&mut command);
     let cluster = Cluster::start_command(command);
-    let log = cluster.log();
-    let ready = log.lines().find(|l| l.contains(" ready ")).unwrap();
-    assert_eq!(field(ready, "workers"), Some("1"), "{ready}");
+    let ready = ready_line(&cluster.log()).unwrap();
+    assert_eq!(field(&ready, "workers"), Some("1"), "{ready}");
 
     let all = Cluster::start(&["--workers", "max", "--steering", "hash"]);
     let cpus = std::thread::available_parallelism()
         .unwrap()
         .get()
         .to_string();
-    let log = all.log();
-    let ready = log.lines().find(|l| l.contains(" ready ")).unwrap();
-    assert_eq!(field(ready, "workers"), Some(cpus.as_str()), "{ready}");
+    let ready = ready_line(&all.log()).unwrap();
+    assert_eq!(field(&ready, "workers"), Some(cpus.as_str()), "{ready}");
 }
 
 #[test]

@@ -47,7 +47,9 @@ fn run(args: Vec<OsString>) -> Result<ExitCode> {
         }
         "build" => {
             let mut cargo = cargo_with_linker()?;
-            cargo.args(["build", "--workspace"]).args(rest);
+            cargo
+                .args(["build", "--workspace", "--exclude", "cluster-ebpf"])
+                .args(rest);
             setup::run(&mut cargo)?;
             Ok(ExitCode::SUCCESS)
         }

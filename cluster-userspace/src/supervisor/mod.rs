@@ -9,12 +9,7 @@
 pub mod backoff;
 pub mod spawn;
 
-use std::{
-    fmt, io,
-    net::SocketAddr,
-    os::fd::{AsFd, BorrowedFd},
-    time::Duration,
-};
+use std::{fmt, io, net::SocketAddr, os::fd::AsFd, time::Duration};
 
 use nix::{
     errno::Errno,
@@ -33,12 +28,13 @@ use tracing::{error, info, warn};
 
 use self::{
     backoff::{Backoff, RestartPolicy},
-    spawn::{SpawnError, WorkerProgram},
+    spawn::{Handoff, SpawnError, WorkerProgram},
 };
 use crate::{
     cli::{RunArgs, SteeringMode},
     cpus,
     listener::{self, ListenError, Sharing},
+    notify::{Notification, NotifySocket},
     steering::{ProgramError, Steering},
 };
 
@@ -72,14 +68,34 @@ pub struct Options {
     pub mode: SteeringMode,
     pub shutdown_timeout: Duration,
     pub program: WorkerProgram,
+    pub readiness: Readiness,
+}
+
+/// When a started worker counts as serving, and its socket joins the selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// As soon as it has exec'd (its socket is already listening, so connections queue).
+    Started,
+    /// When it sends `READY=1` to `NOTIFY_SOCKET`; killed and restarted if that takes longer
+    /// than the timeout.
+    Notified { timeout: Duration },
 }
 
 /// `cluster run`: validates the options, sets up the steering, and supervises until stopped.
 pub fn run(args: RunArgs) -> Result<(), SupervisorError> {
-    let program = if args.command.is_empty() {
-        WorkerProgram::demo()?
+    let ready_timeout = Duration::from_secs(args.ready_timeout);
+    let (program, readiness) = if args.command.is_empty() {
+        let demo_readiness = Readiness::Notified {
+            timeout: ready_timeout,
+        };
+        (WorkerProgram::demo()?, demo_readiness)
+    } else if args.wait_ready {
+        let readiness = Readiness::Notified {
+            timeout: ready_timeout,
+        };
+        (WorkerProgram::command(&args.command)?, readiness)
     } else {
-        WorkerProgram::command(&args.command)?
+        (WorkerProgram::command(&args.command)?, Readiness::Started)
     };
     let slots = args.workers.resolve(cpus::usable());
     let addr = listener::reserve(args.listen)?;
@@ -91,6 +107,7 @@ pub fn run(args: RunArgs) -> Result<(), SupervisorError> {
         mode: args.steering,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         program,
+        readiness,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -99,18 +116,44 @@ pub fn run(args: RunArgs) -> Result<(), SupervisorError> {
             op: "starting the event loop",
             source,
         })?;
-    runtime.block_on(Supervisor::new(options, steering)?.run())
+    runtime.block_on(async { Supervisor::new(options, steering)?.run().await })
 }
 
 /// What one slot is doing.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum SlotState {
     /// No worker; start one at this instant.
     Idle { start_at: Instant },
-    /// A worker runs.
+    /// A worker runs but has not reported ready. The supervisor holds its socket until then,
+    /// to put it into the selection; `ready_by` is cleared once the worker was killed for
+    /// missing it.
+    Starting {
+        pid: Pid,
+        socket: Option<Socket>,
+        ready_by: Option<Instant>,
+    },
+    /// A worker serves.
     Running { pid: Pid, started: Instant },
     /// Shutting down: no worker, none to start.
     Stopped,
+}
+
+impl SlotState {
+    fn pid(&self) -> Option<Pid> {
+        match self {
+            Self::Starting { pid, .. } | Self::Running { pid, .. } => Some(*pid),
+            Self::Idle { .. } | Self::Stopped => None,
+        }
+    }
+
+    /// The next instant this slot needs attention at: a start, or a readiness deadline.
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Self::Idle { start_at } => Some(*start_at),
+            Self::Starting { ready_by, .. } => *ready_by,
+            Self::Running { .. } | Self::Stopped => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -125,6 +168,7 @@ struct Supervisor {
     steering: Steering,
     /// The one socket of `--steering shared`; the supervisor keeps it for restarts.
     shared: Option<Socket>,
+    notify: NotifySocket,
     slots: Vec<Slot>,
     policy: RestartPolicy,
     announced_ready: bool,
@@ -140,6 +184,10 @@ impl Supervisor {
             )?),
             Sharing::ReusePort => None,
         };
+        let notify = NotifySocket::bind().map_err(|source| SupervisorError::Os {
+            op: "binding the readiness socket (NOTIFY_SOCKET)",
+            source,
+        })?;
         let now = Instant::now();
         let slots = (0..options.slots)
             .map(|_| Slot {
@@ -151,6 +199,7 @@ impl Supervisor {
             options,
             steering,
             shared,
+            notify,
             slots,
             policy: RestartPolicy::default(),
             announced_ready: false,
@@ -172,9 +221,13 @@ impl Supervisor {
         }
         loop {
             self.announce_ready();
-            let next_start = self.next_start();
+            let next_deadline = self.next_deadline();
             tokio::select! {
                 _ = sigchld.recv() => self.reap(),
+                notification = self.notify.recv() => match notification {
+                    Ok(notification) => self.notified(&notification),
+                    Err(err) => warn!(error = %err, "reading a readiness notification failed"),
+                },
                 _ = sigterm.recv() => {
                     info!("SIGTERM received; stopping workers");
                     break;
@@ -183,9 +236,10 @@ impl Supervisor {
                     info!("SIGINT received; stopping workers");
                     break;
                 }
-                () = sleep_until(next_start.unwrap_or_else(Instant::now)), if next_start.is_some() => {}
+                () = sleep_until(next_deadline.unwrap_or_else(Instant::now)), if next_deadline.is_some() => {}
             }
             self.start_due_workers();
+            self.kill_workers_not_ready_in_time();
         }
         self.stop_workers(&mut sigchld).await;
         self.log_counters();
@@ -197,7 +251,7 @@ impl Supervisor {
     fn start_initial_workers(&mut self) -> Result<(), SupervisorError> {
         for slot in 0..self.options.slots {
             match self.start_worker(slot) {
-                Ok(pid) => self.mark_running(slot, pid),
+                Ok(()) => {}
                 Err(err @ (SupervisorError::Listen(_) | SupervisorError::Steering(_))) => {
                     return Err(err);
                 }
@@ -212,43 +266,119 @@ impl Supervisor {
         for slot in 0..self.options.slots {
             let due = matches!(self.slots[slot as usize].state,
                 SlotState::Idle { start_at } if start_at <= now);
-            if due {
-                match self.start_worker(slot) {
-                    Ok(pid) => self.mark_running(slot, pid),
-                    Err(err) => self.schedule_retry(slot, &err),
+            if due && let Err(err) = self.start_worker(slot) {
+                self.schedule_retry(slot, &err);
+            }
+        }
+    }
+
+    /// Opens the slot's socket (or takes the shared one) and starts the worker on it. The socket
+    /// joins the selection when the worker is ready; until then the supervisor holds it. Once it
+    /// is in, our copy is closed: from then on only the worker holds it, so when the worker dies
+    /// the socket closes and leaves the group.
+    fn start_worker(&mut self, slot: u32) -> Result<(), SupervisorError> {
+        let own_socket = match &self.shared {
+            Some(_) => None,
+            None => {
+                let socket =
+                    listener::open(self.options.addr, self.options.backlog, Sharing::ReusePort)?;
+                self.steering.socket_listening(socket.as_fd())?;
+                Some(socket)
+            }
+        };
+        let notify_socket = self.notify.env_value();
+        let listener = own_socket
+            .as_ref()
+            .or(self.shared.as_ref())
+            .map(AsFd::as_fd)
+            .ok_or_else(|| SupervisorError::Os {
+                op: "choosing the worker socket",
+                source: io::Error::other("neither an own nor a shared socket"),
+            })?;
+        let handoff = Handoff {
+            slot,
+            listener,
+            fd_name: FD_NAME,
+            notify_socket: &notify_socket,
+        };
+        let pid = spawn::spawn(&self.options.program, &handoff)?;
+        info!(slot, pid = pid.as_raw(), "worker started");
+        self.slots[slot as usize].state = SlotState::Starting {
+            pid,
+            socket: own_socket,
+            ready_by: None,
+        };
+        match self.options.readiness {
+            Readiness::Started => self.worker_ready(slot),
+            Readiness::Notified { timeout } => {
+                if let SlotState::Starting { ready_by, .. } = &mut self.slots[slot as usize].state {
+                    *ready_by = Some(Instant::now() + timeout);
                 }
             }
         }
+        Ok(())
     }
 
-    /// Opens the slot's socket (or takes the shared one), starts the worker on it, and puts the
-    /// socket into the selection once the worker has exec'd. Our copy of a per-worker socket is
-    /// closed on return: from then on only the worker holds it, so when the worker dies the
-    /// socket closes and leaves the group.
-    fn start_worker(&mut self, slot: u32) -> Result<Pid, SupervisorError> {
-        let own_socket;
-        let socket: BorrowedFd<'_> = match &self.shared {
-            Some(shared) => shared.as_fd(),
-            None => {
-                own_socket =
-                    listener::open(self.options.addr, self.options.backlog, Sharing::ReusePort)?;
-                self.steering.socket_listening(own_socket.as_fd())?;
-                own_socket.as_fd()
-            }
+    /// A notification arrived: if it is `READY=1` from a starting worker, that worker serves.
+    fn notified(&mut self, notification: &Notification) {
+        if !notification.ready {
+            return;
+        }
+        let pid = Pid::from_raw(notification.pid);
+        let starting = (0u32..)
+            .zip(&self.slots)
+            .find_map(|(slot, s)| match s.state {
+                SlotState::Starting { pid: p, .. } if p == pid => Some(slot),
+                _ => None,
+            });
+        if let Some(slot) = starting {
+            self.worker_ready(slot);
+        }
+    }
+
+    /// Puts a starting worker's socket into the selection and closes our copy of it.
+    fn worker_ready(&mut self, slot: u32) {
+        let entry = &mut self.slots[slot as usize];
+        let SlotState::Starting { pid, socket, .. } = &mut entry.state else {
+            return;
         };
-        let pid = spawn::spawn(&self.options.program, slot, socket, FD_NAME)?;
-        if let Err(err) = self.steering.worker_serving(slot, socket) {
+        let (pid, own_socket) = (*pid, socket.take());
+        let listener = own_socket
+            .as_ref()
+            .or(self.shared.as_ref())
+            .map(AsFd::as_fd);
+        if let Some(listener) = listener
+            && let Err(err) = self.steering.worker_serving(slot, listener)
+        {
             error!(slot, pid = pid.as_raw(), error = %err, "worker runs but could not be added to the selection");
         }
-        Ok(pid)
-    }
-
-    fn mark_running(&mut self, slot: u32, pid: Pid) {
-        info!(slot, pid = pid.as_raw(), "worker started");
-        self.slots[slot as usize].state = SlotState::Running {
+        drop(own_socket);
+        if self.options.readiness != Readiness::Started {
+            info!(slot, pid = pid.as_raw(), "worker ready");
+        }
+        entry.state = SlotState::Running {
             pid,
             started: Instant::now(),
         };
+    }
+
+    /// Kills starting workers whose readiness deadline passed; their exit is handled (with
+    /// backoff) when they are reaped.
+    fn kill_workers_not_ready_in_time(&mut self) {
+        let now = Instant::now();
+        for (slot, entry) in (0u32..).zip(&mut self.slots) {
+            if let SlotState::Starting { pid, ready_by, .. } = &mut entry.state
+                && ready_by.is_some_and(|deadline| deadline <= now)
+            {
+                *ready_by = None;
+                warn!(
+                    slot,
+                    pid = pid.as_raw(),
+                    "worker did not report READY=1 in time; killing it"
+                );
+                signal_group(*pid, Signal::SIGKILL);
+            }
+        }
     }
 
     fn schedule_retry(&mut self, slot: u32, err: &SupervisorError) {
@@ -261,15 +391,9 @@ impl Supervisor {
         };
     }
 
-    /// The earliest pending start, if any slot waits for one.
-    fn next_start(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .filter_map(|s| match s.state {
-                SlotState::Idle { start_at } => Some(start_at),
-                SlotState::Running { .. } | SlotState::Stopped => None,
-            })
-            .min()
+    /// The earliest instant a slot needs attention at: a start or a readiness deadline.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.slots.iter().filter_map(|s| s.state.deadline()).min()
     }
 
     fn announce_ready(&mut self) {
@@ -313,10 +437,11 @@ impl Supervisor {
             error!(slot, error = %err, "could not take the slot out of the selection");
         }
         let entry = &mut self.slots[slot as usize];
-        let SlotState::Running { started, .. } = entry.state else {
-            return;
+        // A worker that never got ready failed to start, however long it took.
+        let uptime = match entry.state {
+            SlotState::Running { started, .. } => started.elapsed(),
+            _ => Duration::ZERO,
         };
-        let uptime = started.elapsed();
         let delay = entry.backoff.on_exit(uptime, &self.policy);
         let exit = ExitDescription(status);
         if delay.is_zero() {
@@ -327,6 +452,7 @@ impl Supervisor {
                   failures = entry.backoff.quick_failures(), delay_ms = delay.as_millis(),
                   "worker keeps exiting right after start; restarting with backoff");
         }
+        // Replacing a Starting state closes the socket we held for it.
         entry.state = SlotState::Idle {
             start_at: Instant::now() + delay,
         };
@@ -335,41 +461,32 @@ impl Supervisor {
     fn slot_of(&self, pid: Pid) -> Option<u32> {
         (0u32..)
             .zip(&self.slots)
-            .find_map(|(slot, s)| match s.state {
-                SlotState::Running { pid: p, .. } if p == pid => Some(slot),
-                _ => None,
-            })
+            .find_map(|(slot, s)| (s.state.pid() == Some(pid)).then_some(slot))
     }
 
-    fn running_pids(&self) -> Vec<Pid> {
-        self.slots
-            .iter()
-            .filter_map(|s| match s.state {
-                SlotState::Running { pid, .. } => Some(pid),
-                SlotState::Idle { .. } | SlotState::Stopped => None,
-            })
-            .collect()
+    fn worker_pids(&self) -> Vec<Pid> {
+        self.slots.iter().filter_map(|s| s.state.pid()).collect()
     }
 
     /// SIGTERM to every worker's process group, then SIGKILL to those still there after the
     /// shutdown timeout. Returns when every worker has been reaped.
     async fn stop_workers(&mut self, sigchld: &mut tokio::signal::unix::Signal) {
         for slot in &mut self.slots {
-            if let SlotState::Idle { .. } = slot.state {
+            if matches!(slot.state, SlotState::Idle { .. }) {
                 slot.state = SlotState::Stopped;
             }
         }
-        for pid in self.running_pids() {
+        for pid in self.worker_pids() {
             signal_group(pid, Signal::SIGTERM);
         }
         let deadline = Instant::now() + self.options.shutdown_timeout;
-        while !self.running_pids().is_empty() && Instant::now() < deadline {
+        while !self.worker_pids().is_empty() && Instant::now() < deadline {
             tokio::select! {
                 _ = sigchld.recv() => self.reap_stopping(),
                 () = sleep_until(deadline) => {}
             }
         }
-        let stragglers = self.running_pids();
+        let stragglers = self.worker_pids();
         if !stragglers.is_empty() {
             warn!(
                 count = stragglers.len(),

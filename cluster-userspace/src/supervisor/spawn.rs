@@ -132,16 +132,24 @@ fn c_string(s: OsString) -> Result<CString, SpawnError> {
     CString::new(s.clone().into_vec()).map_err(|_| SpawnError::Nul(s))
 }
 
-/// Starts `program` for `slot` with `listener` as its fd 3. Returns once the child has called
-/// execve successfully (or reports why exec failed). The child is the leader of a new process
-/// group, so signals for it reach what it starts too, and it is killed if the supervisor dies.
-pub fn spawn(
-    program: &WorkerProgram,
-    slot: u32,
-    listener: BorrowedFd<'_>,
-    fd_name: &str,
-) -> Result<Pid, SpawnError> {
-    let env = worker_environment(slot, fd_name)?;
+/// What a worker is handed besides its program.
+#[derive(Debug, Clone, Copy)]
+pub struct Handoff<'a> {
+    /// Its slot, as `CLUSTER_WORKER_ID`.
+    pub slot: u32,
+    /// The listening socket, as fd 3.
+    pub listener: BorrowedFd<'a>,
+    /// `LISTEN_FDNAMES`.
+    pub fd_name: &'a str,
+    /// `NOTIFY_SOCKET`, where it reports readiness.
+    pub notify_socket: &'a str,
+}
+
+/// Starts `program` with what `handoff` gives it. Returns once the child has called execve
+/// successfully (or reports why exec failed). The child is the leader of a new process group,
+/// so signals for it reach what it starts too, and it is killed if the supervisor dies.
+pub fn spawn(program: &WorkerProgram, handoff: &Handoff<'_>) -> Result<Pid, SpawnError> {
+    let env = worker_environment(handoff)?;
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|v| v.as_ptr()).collect();
     // The LISTEN_PID entry: the child writes its pid into `pid_entry` and points here at it.
     let pid_index = envp.len();
@@ -171,7 +179,7 @@ pub fn spawn(
                 envp: envp.as_mut_ptr(),
                 pid_index,
                 pid_entry: pid_entry.as_mut_ptr(),
-                listener: listener.as_raw_fd(),
+                listener: handoff.listener.as_raw_fd(),
                 devnull: devnull.as_raw_fd(),
                 status: status_write.as_raw_fd(),
                 parent: parent.as_raw(),
@@ -196,7 +204,7 @@ pub fn spawn(
     }
 }
 
-fn worker_environment(slot: u32, fd_name: &str) -> Result<Vec<CString>, SpawnError> {
+fn worker_environment(handoff: &Handoff<'_>) -> Result<Vec<CString>, SpawnError> {
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(key, _)| !OWN_VARIABLES.iter().any(|own| key == own))
         .map(|(key, value)| {
@@ -208,8 +216,9 @@ fn worker_environment(slot: u32, fd_name: &str) -> Result<Vec<CString>, SpawnErr
         .collect::<Result<_, _>>()?;
     for entry in [
         "LISTEN_FDS=1".to_owned(),
-        format!("LISTEN_FDNAMES={fd_name}"),
-        format!("CLUSTER_WORKER_ID={slot}"),
+        format!("LISTEN_FDNAMES={}", handoff.fd_name),
+        format!("CLUSTER_WORKER_ID={}", handoff.slot),
+        format!("NOTIFY_SOCKET={}", handoff.notify_socket),
     ] {
         env.push(c_string(entry.into())?);
     }

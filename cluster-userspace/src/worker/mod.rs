@@ -15,6 +15,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+use crate::notify;
+
 pub use self::{
     http::{Identity, MAX_ITERATIONS},
     listen_fds::ListenFdsError,
@@ -71,6 +73,10 @@ async fn serve(listener: StdListener, identity: Identity) -> Result<(), WorkerEr
     let mut poll = interval(MIGRATED_POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let graceful = GracefulShutdown::new();
+    // The socket is registered and the loop below is about to accept: tell the supervisor.
+    if let Err(err) = notify::notify_ready() {
+        warn!(slot = identity.slot, error = %err, "could not report readiness to the supervisor");
+    }
     debug!(slot = identity.slot, pid = identity.pid, "worker serving");
 
     loop {
