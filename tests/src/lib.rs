@@ -540,3 +540,80 @@ pub fn assert_exact_rotation(counts: &BTreeMap<u32, u64>, slots: u32) {
     let max = counts.values().max().unwrap();
     assert!(max - min <= 1, "round-robin is not exact: {counts:?}");
 }
+
+/// A private network namespace for one test, alive as long as this value (it holds the
+/// namespace's fd): when the test ends, however it ends, the kernel frees it with everything
+/// in it. The test's own threads stay where they are; [`NetNs::enter`] and [`NetNs::run`] put a
+/// command or a closure inside.
+#[derive(Debug)]
+pub struct NetNs {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl NetNs {
+    /// Creates the namespace, with `lo` up.
+    #[must_use]
+    pub fn new() -> Self {
+        // unshare(2) moves the calling thread only; a throwaway thread keeps ours untouched.
+        let fd = thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET) needs root");
+            std::fs::File::open("/proc/thread-self/ns/net").expect("open the new namespace")
+        })
+        .join()
+        .expect("namespace thread");
+        let ns = Self { fd: fd.into() };
+        ns.ip_batch("link set lo up\n");
+        ns
+    }
+
+    /// Runs `ip -batch -` inside the namespace with these commands, one per line.
+    pub fn ip_batch(&self, commands: &str) {
+        let mut ip = Command::new("ip");
+        ip.args(["-batch", "-"]).stdin(Stdio::piped());
+        self.enter(&mut ip);
+        let mut child = ip.spawn().expect("run `ip` (package iproute2)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(commands.as_bytes())
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "ip -batch failed for:\n{commands}");
+    }
+
+    /// Makes `command` start inside the namespace.
+    pub fn enter<'a>(&self, command: &'a mut Command) -> &'a mut Command {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.fd);
+        // SAFETY: setns is a plain syscall on a fd this process holds open.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        }
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(&self.fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("setns into the test namespace");
+                    f()
+                })
+                .join()
+                .expect("namespace thread")
+        })
+    }
+}
+
+impl Default for NetNs {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -3,12 +3,15 @@
 //! address on one worker, also across a worker's replacement; hash and shared serve.
 
 use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
-use cluster_tests::{Cluster, assert_exact_rotation, get, require_root, steering_stats, tally};
+use cluster_tests::{
+    Cluster, NetNs, assert_exact_rotation, cluster_command, get, require_root, steering_stats,
+    tally,
+};
 
 fn round_robin(workers: u32) {
     require_root();
@@ -50,45 +53,56 @@ fn round_robin_over_ipv6() {
     assert_exact_rotation(&counts, 3);
 }
 
-fn client(i: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i))
+/// 40 IPv4 client addresses on loopback (all of 127.0.0.0/8 is local).
+fn ipv4_clients() -> Vec<IpAddr> {
+    (0..40)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i)))
+        .collect()
 }
 
 /// Which slot and pid every client address reaches, asserting each address always reaches the
 /// same one over `repeats` new connections.
-fn sticky_map(cluster: &Cluster, clients: u8, repeats: usize) -> BTreeMap<u8, (u32, i32)> {
-    (0..clients)
-        .map(|i| {
+fn sticky_map(
+    addr: SocketAddr,
+    clients: &[IpAddr],
+    repeats: usize,
+) -> BTreeMap<IpAddr, (u32, i32)> {
+    clients
+        .iter()
+        .map(|&client| {
             let seen: Vec<(u32, i32)> = (0..repeats)
                 .map(|_| {
-                    let reply = get(cluster.addr(), "/", Some(client(i)))
-                        .unwrap_or_else(|f| panic!("request from {} failed: {f:?}", client(i)));
+                    let reply = get(addr, "/", Some(client))
+                        .unwrap_or_else(|f| panic!("request from {client} failed: {f:?}"));
                     (reply.slot.unwrap(), reply.pid.unwrap())
                 })
                 .collect();
             assert!(
                 seen.windows(2).all(|w| w[0] == w[1]),
-                "{} was not sticky: {seen:?}",
-                client(i)
+                "{client} was not sticky: {seen:?}"
             );
-            (i, seen[0])
+            (client, seen[0])
         })
         .collect()
+}
+
+fn slots_used(map: &BTreeMap<IpAddr, (u32, i32)>) -> BTreeSet<u32> {
+    map.values().map(|(slot, _)| *slot).collect()
 }
 
 #[test]
 fn sticky_keeps_each_address_on_one_worker_across_a_replacement() {
     require_root();
     let cluster = Cluster::start(&["--workers", "4", "--steering", "sticky"]);
-    let before = sticky_map(&cluster, 40, 5);
-    let used: std::collections::BTreeSet<u32> = before.values().map(|(slot, _)| *slot).collect();
+    let clients = ipv4_clients();
+    let before = sticky_map(cluster.addr(), &clients, 5);
     assert!(
-        used.len() >= 2,
+        slots_used(&before).len() >= 2,
         "sticky used fewer than 2 workers: {before:?}"
     );
 
-    // Kill the worker of the first client's slot; wait for its replacement.
-    let (victim_slot, victim_pid) = before[&0];
+    // Kill the worker of the first client's slot; wait for its replacement to serve.
+    let (victim_slot, victim_pid) = before[&clients[0]];
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim_pid),
         nix::sys::signal::SIGKILL,
@@ -99,27 +113,64 @@ fn sticky_keeps_each_address_on_one_worker_across_a_replacement() {
     });
     let new_pid = replaced
         .unwrap_or_else(|| panic!("slot {victim_slot} was not refilled\n{}", cluster.log()));
+    let ready = format!("worker ready slot={victim_slot} pid={new_pid}");
+    let joined = cluster.wait_for_log(Duration::from_secs(10), |log| {
+        log.contains(&ready).then_some(())
+    });
+    assert!(joined.is_some(), "{}", cluster.log());
 
-    let after = sticky_map(&cluster, 40, 5);
-    for (i, (slot, pid)) in &before {
-        let (slot_after, pid_after) = after[i];
+    let after = sticky_map(cluster.addr(), &clients, 5);
+    for (client, (slot, pid)) in &before {
+        let (slot_after, pid_after) = after[client];
         assert_eq!(
-            slot_after,
-            *slot,
-            "{} moved from slot {slot} to {slot_after}",
-            client(*i)
+            slot_after, *slot,
+            "{client} moved from slot {slot} to {slot_after}"
         );
         if *slot == victim_slot {
             assert_eq!(
                 pid_after,
                 new_pid.as_raw(),
-                "{} is not on the replacement",
-                client(*i)
+                "{client} is not on the replacement"
             );
         } else {
-            assert_eq!(pid_after, *pid, "{} changed worker", client(*i));
+            assert_eq!(pid_after, *pid, "{client} changed worker");
         }
     }
+}
+
+#[test]
+fn sticky_over_ipv6_keeps_each_address_on_one_worker() {
+    require_root();
+    // 40 IPv6 client addresses need a namespace of our own: loopback has only ::1.
+    let ns = NetNs::new();
+    let clients: Vec<IpAddr> = (0..40u16)
+        .map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100 + i)))
+        .collect();
+    let mut batch = String::from("addr add 2001:db8::1/128 dev lo nodad\n");
+    for client in &clients {
+        batch.push_str(&format!("addr add {client}/128 dev lo nodad\n"));
+    }
+    ns.ip_batch(&batch);
+    let mut command = cluster_command(&["run", "--listen", "[2001:db8::1]:0", "--workers", "4"]);
+    command.args(["--steering", "sticky"]);
+    ns.enter(&mut command);
+    let cluster = Cluster::start_command(command);
+    let addr = cluster.addr();
+    let map = ns.run(|| sticky_map(addr, &clients, 5));
+    assert!(
+        slots_used(&map).len() >= 2,
+        "sticky used fewer than 2 workers: {map:?}"
+    );
+    let (status, log) = cluster.stop();
+    assert!(status.success(), "{log}");
+    let events = log
+        .lines()
+        .find(|l| l.contains("steering events"))
+        .unwrap_or_default();
+    assert!(
+        events.contains("addr_unreadable=0"),
+        "the program could not read IPv6 sources: {events}"
+    );
 }
 
 #[test]
