@@ -489,6 +489,14 @@ pub fn steering_stats(log: &str) -> BTreeMap<u32, (u64, u64)> {
         .collect()
 }
 
+/// A loopback address with a port that was free a moment ago, for a test that must know the
+/// address before the cluster reports it.
+#[must_use]
+pub fn free_local_addr() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
+    probe.local_addr().expect("probe address")
+}
+
 /// The supervisor's `ready` line (not a worker's `worker ready`).
 #[must_use]
 pub fn ready_line(log: &str) -> Option<String> {

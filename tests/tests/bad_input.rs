@@ -149,3 +149,21 @@ fn worker_subcommand_without_a_socket() {
     let error = expect_runtime_error(cluster_command(&["worker"]));
     assert!(error.contains("started by `cluster run`"), "{error}");
 }
+
+#[test]
+fn second_pool_on_the_same_port_is_refused() {
+    // Both would be SO_REUSEPORT sockets of the same user: without the check the second pool
+    // would silently join the first one's group and take over its steering.
+    let first = cluster_tests::Cluster::start(&["--workers", "1", "--steering", "hash"]);
+    let addr = first.addr().to_string();
+    let error = expect_runtime_error(cluster_command(&[
+        "run",
+        "--workers",
+        "1",
+        "--listen",
+        &addr,
+        "--steering",
+        "hash",
+    ]));
+    assert!(error.contains("already in use"), "{error}");
+}

@@ -201,3 +201,43 @@ fn shared_mode_serves_from_one_socket() {
     let (status, log) = cluster.stop();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn sticky_moves_only_the_clients_of_an_empty_slot() {
+    require_root();
+    let clients = ipv4_clients();
+    let healthy = Cluster::start(&["--workers", "4", "--steering", "sticky"]);
+    let baseline = sticky_map(healthy.addr(), &clients, 3);
+    drop(healthy);
+    let on_slot_0 = baseline.values().filter(|(slot, _)| *slot == 0).count();
+    assert!(on_slot_0 > 0, "no client on slot 0 to move: {baseline:?}");
+
+    // Same pool, but slot 0's worker exits at once: it never reports ready, so slot 0 stays
+    // out of the selection. The other slots run the demo worker (`cluster worker`) as COMMAND.
+    let addr = cluster_tests::free_local_addr();
+    let mut command = cluster_command(&["run", "--listen", &addr.to_string(), "--workers", "4"]);
+    command.args(["--steering", "sticky", "--wait-ready", "--", "sh", "-c"]);
+    command.arg(r#"[ "$CLUSTER_WORKER_ID" = 0 ] && exit 1; exec "$0" worker"#);
+    command.arg(cluster_tests::cluster_binary());
+    let degraded = Cluster::spawn_command(command);
+    // The pool never reports ready (slot 0 never is); wait for the other three.
+    let serving = degraded.wait_for_log(Duration::from_secs(20), |log| {
+        (1..4)
+            .all(|slot| log.contains(&format!("worker ready slot={slot} ")))
+            .then_some(())
+    });
+    assert!(serving.is_some(), "{}", degraded.log());
+    let moved = sticky_map(addr, &clients, 3);
+    for client in &clients {
+        let (before, _) = baseline[client];
+        let (after, _) = moved[client];
+        if before == 0 {
+            assert_ne!(after, 0, "{client} reached the empty slot");
+        } else {
+            assert_eq!(
+                after, before,
+                "{client} moved although its slot {before} serves"
+            );
+        }
+    }
+}
