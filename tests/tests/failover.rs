@@ -73,6 +73,7 @@ fn killed_worker_is_replaced_without_refused_connections() {
     }
 
     let log = cluster.log();
+    eprintln!("after SIGKILL: replacement served after {took:?}; {outcomes:?}");
     assert!(
         replacement.is_some(),
         "no new worker served slot 0 within 2 s\n{log}"

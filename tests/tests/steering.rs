@@ -22,6 +22,7 @@ fn round_robin(workers: u32) {
         "round-robin",
     ]);
     let counts = tally(cluster.addr(), "/", 2000, 4);
+    eprintln!("round-robin, {workers} workers, 2000 connections: {counts:?}");
     assert_exact_rotation(&counts, workers);
 
     let (status, log) = cluster.stop();
@@ -177,6 +178,7 @@ fn sticky_over_ipv6_keeps_each_address_on_one_worker() {
 fn hash_mode_serves_without_a_program() {
     let cluster = Cluster::start(&["--workers", "2", "--steering", "hash"]);
     let counts = tally(cluster.addr(), "/", 200, 2);
+    eprintln!("hash, 2 workers, 200 connections: {counts:?}");
     assert_eq!(counts.values().sum::<u64>(), 200);
     // 200 connections from random ports: all on one of 2 sockets has probability 2^-199.
     assert_eq!(counts.len(), 2, "{counts:?}");
@@ -192,6 +194,7 @@ fn hash_mode_serves_without_a_program() {
 fn shared_mode_serves_from_one_socket() {
     let cluster = Cluster::start(&["--workers", "2", "--steering", "shared"]);
     let counts = tally(cluster.addr(), "/", 200, 2);
+    eprintln!("shared, 2 workers, 200 connections: {counts:?}");
     assert_eq!(counts.values().sum::<u64>(), 200);
     assert!(counts.keys().all(|slot| *slot < 2), "{counts:?}");
     // The one socket is exclusive: nobody else can bind the port, SO_REUSEPORT or not.
