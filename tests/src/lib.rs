@@ -68,7 +68,7 @@ impl Cluster {
     /// Starts `cluster run --listen 127.0.0.1:0 ARGS` and waits for `ready`.
     #[must_use]
     pub fn start(args: &[&str]) -> Self {
-        Self::start_listening("127.0.0.1:0", args)
+        Self::start_command(cluster_run(args))
     }
 
     /// Starts `cluster run --listen LISTEN ARGS` and waits for `ready`.
@@ -260,6 +260,14 @@ pub fn run_to_exit(mut command: Command) -> (ExitStatus, String) {
         thread::sleep(Duration::from_millis(20));
     };
     (status, reader.join().expect("stderr reader"))
+}
+
+/// `cluster run --listen 127.0.0.1:0 ARGS`: a pool on a free loopback port.
+#[must_use]
+pub fn cluster_run(args: &[&str]) -> Command {
+    let mut command = cluster_command(&["run", "--listen", "127.0.0.1:0"]);
+    command.args(args);
+    command
 }
 
 /// `cluster ARGS` as a command, for [`run_to_exit`] or [`Cluster::start_command`].

@@ -3,7 +3,9 @@
 
 use std::{net::TcpListener, process::Command};
 
-use cluster_tests::{as_nobody, cluster_command, require_root, run_to_exit, without_bpf_syscall};
+use cluster_tests::{
+    as_nobody, cluster_command, cluster_run, require_root, run_to_exit, without_bpf_syscall,
+};
 
 /// Runs the command, expects `code`, and returns the `error:` line, asserting it is the only
 /// line that says anything and that nothing panicked.
@@ -96,10 +98,7 @@ fn address_not_on_this_host() {
 
 #[test]
 fn missing_command() {
-    let error = expect_runtime_error(cluster_command(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
+    let error = expect_runtime_error(cluster_run(&[
         "--steering",
         "hash",
         "--",
@@ -114,7 +113,7 @@ fn missing_command() {
 #[test]
 fn too_little_privilege_names_what_is_missing() {
     require_root();
-    let mut command = cluster_command(&["run", "--listen", "127.0.0.1:0", "--workers", "1"]);
+    let mut command = cluster_run(&["--workers", "1"]);
     as_nobody(&mut command);
     let error = expect_runtime_error(command);
     assert!(
@@ -126,15 +125,7 @@ fn too_little_privilege_names_what_is_missing() {
 
 #[test]
 fn kernel_without_bpf_is_named() {
-    let mut command = cluster_command(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--steering",
-        "sticky",
-    ]);
+    let mut command = cluster_run(&["--workers", "1", "--steering", "sticky"]);
     without_bpf_syscall(&mut command);
     let error = expect_runtime_error(command);
     assert!(

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use cluster_tests::{
-    Cluster, assert_exact_rotation, cluster_command, ready_line, require_root, steering_stats,
-    tally,
+    Cluster, assert_exact_rotation, cluster_run, ready_line, require_root, steering_stats, tally,
 };
 
 /// A server that knows nothing of `cluster`: it takes fd 3 as sd_listen_fds(3) describes,
@@ -37,7 +36,7 @@ while True:
 #[test]
 fn a_python_server_on_fd_3_is_balanced_like_the_demo() {
     require_root();
-    let mut command = cluster_command(&["run", "--listen", "127.0.0.1:0", "--workers", "3"]);
+    let mut command = cluster_run(&["--workers", "3"]);
     command.args(["--", "python3", "-c", PYTHON_SERVER]);
     let cluster = Cluster::start_command(command);
     let counts = tally(cluster.addr(), "/", 600, 3);
@@ -58,7 +57,7 @@ fn a_python_server_on_fd_3_is_balanced_like_the_demo() {
 #[test]
 fn with_wait_ready_a_worker_serves_once_it_reports_ready() {
     require_root();
-    let mut command = cluster_command(&["run", "--listen", "127.0.0.1:0", "--workers", "2"]);
+    let mut command = cluster_run(&["--workers", "2"]);
     command.args([
         "--wait-ready",
         "--",
@@ -78,10 +77,7 @@ fn with_wait_ready_a_worker_serves_once_it_reports_ready() {
 
 #[test]
 fn with_wait_ready_a_silent_worker_is_killed_and_never_counted_ready() {
-    let mut command = cluster_command(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
+    let mut command = cluster_run(&[
         "--workers",
         "1",
         "--steering",

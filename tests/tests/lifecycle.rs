@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, fs, time::Duration};
 
 use cluster_tests::{
-    Cluster, all_gone, cluster_command, field, on_one_cpu, process_gone, ready_line, require_root,
+    Cluster, all_gone, cluster_run, field, on_one_cpu, process_gone, ready_line, require_root,
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -107,7 +107,7 @@ fn killing_the_supervisor_leaves_no_orphans() {
 
 #[test]
 fn workers_max_counts_the_cpus_this_process_may_use() {
-    let mut command = cluster_command(&["run", "--listen", "127.0.0.1:0", "--steering", "hash"]);
+    let mut command = cluster_run(&["--steering", "hash"]);
     on_one_cpu(&mut command);
     let cluster = Cluster::start_command(command);
     let ready = ready_line(&cluster.log()).unwrap();
@@ -124,15 +124,7 @@ fn workers_max_counts_the_cpus_this_process_may_use() {
 
 #[test]
 fn a_crashing_worker_is_restarted_with_growing_delays() {
-    let mut command = cluster_command(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--steering",
-        "hash",
-    ]);
+    let mut command = cluster_run(&["--workers", "1", "--steering", "hash"]);
     command.args(["--", "sh", "-c", "exit 3"]);
     let cluster = Cluster::start_command(command);
     let delays = |log: &str| -> Vec<u64> {

@@ -411,20 +411,8 @@ impl Supervisor {
 
     /// Collects every exited child and schedules its slot's restart.
     fn reap(&mut self) {
-        loop {
-            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Ok(status) => {
-                    if let Some(pid) = status.pid() {
-                        self.worker_exited(pid, status);
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(err) => {
-                    error!(error = %err, "waitpid failed");
-                    return;
-                }
-            }
+        for (pid, status) in exited_children() {
+            self.worker_exited(pid, status);
         }
     }
 
@@ -506,17 +494,8 @@ impl Supervisor {
 
     /// Reaps during shutdown: no restarts.
     fn reap_stopping(&mut self) {
-        loop {
-            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Ok(status) => {
-                    if let Some(pid) = status.pid() {
-                        self.forget(pid);
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(_) => return,
-            }
+        for (pid, _) in exited_children() {
+            self.forget(pid);
         }
     }
 
@@ -552,6 +531,22 @@ impl Supervisor {
                 "steering events"
             ),
             Err(err) => warn!(error = %err, "could not read steering events"),
+        }
+    }
+}
+
+/// Every child that exited and was not yet reaped: waitpid(WNOHANG) until none is left.
+fn exited_children() -> Vec<(Pid, WaitStatus)> {
+    let mut exited = Vec::new();
+    loop {
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return exited,
+            Ok(status) => exited.extend(status.pid().map(|pid| (pid, status))),
+            Err(Errno::EINTR) => {}
+            Err(err) => {
+                error!(error = %err, "waitpid failed");
+                return exited;
+            }
         }
     }
 }
