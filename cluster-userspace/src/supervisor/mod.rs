@@ -1,8 +1,9 @@
 //! The supervisor: starts one worker per slot, restarts the ones that exit (with backoff when
 //! they keep failing), and stops them all on SIGINT/SIGTERM.
 //!
-//! One event loop on one thread, joined by signals and restart timers; later inputs (a control
-//! socket, reload requests) join the same `select!`. Single-threaded on purpose: fork is only
+//! One event loop on one thread, joined by signals, readiness notifications and timers (restarts,
+//! readiness deadlines); later inputs (a control socket, reload requests) join the same
+//! `select!`. Single-threaded on purpose: fork is only
 //! safe in a process without other threads, and PR_SET_PDEATHSIG fires when the *thread* that
 //! forked exits.
 
@@ -83,19 +84,18 @@ pub enum Readiness {
 
 /// `cluster run`: validates the options, sets up the steering, and supervises until stopped.
 pub fn run(args: RunArgs) -> Result<(), SupervisorError> {
-    let ready_timeout = Duration::from_secs(args.ready_timeout);
+    let notified = Readiness::Notified {
+        timeout: Duration::from_secs(args.ready_timeout),
+    };
     let (program, readiness) = if args.command.is_empty() {
-        let demo_readiness = Readiness::Notified {
-            timeout: ready_timeout,
-        };
-        (WorkerProgram::demo()?, demo_readiness)
-    } else if args.wait_ready {
-        let readiness = Readiness::Notified {
-            timeout: ready_timeout,
+        (WorkerProgram::demo()?, notified)
+    } else {
+        let readiness = if args.wait_ready {
+            notified
+        } else {
+            Readiness::Started
         };
         (WorkerProgram::command(&args.command)?, readiness)
-    } else {
-        (WorkerProgram::command(&args.command)?, Readiness::Started)
     };
     let slots = args.workers.resolve(cpus::usable());
     let addr = listener::reserve(args.listen)?;
@@ -303,18 +303,17 @@ impl Supervisor {
         };
         let pid = spawn::spawn(&self.options.program, &handoff)?;
         info!(slot, pid = pid.as_raw(), "worker started");
+        let ready_by = match self.options.readiness {
+            Readiness::Started => None,
+            Readiness::Notified { timeout } => Some(Instant::now() + timeout),
+        };
         self.slots[slot as usize].state = SlotState::Starting {
             pid,
             socket: own_socket,
-            ready_by: None,
+            ready_by,
         };
-        match self.options.readiness {
-            Readiness::Started => self.worker_ready(slot),
-            Readiness::Notified { timeout } => {
-                if let SlotState::Starting { ready_by, .. } = &mut self.slots[slot as usize].state {
-                    *ready_by = Some(Instant::now() + timeout);
-                }
-            }
+        if self.options.readiness == Readiness::Started {
+            self.worker_ready(slot);
         }
         Ok(())
     }
