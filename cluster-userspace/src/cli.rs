@@ -60,7 +60,8 @@ pub struct RunArgs {
     pub ready_timeout: u64,
 
     /// Program each worker runs instead of the demo server. It gets its listening socket the
-    /// systemd way (fd 3, LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES) and CLUSTER_WORKER_ID=<slot>.
+    /// systemd way (fd 3, LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES) and its slot number in
+    /// CLUSTER_WORKER_ID.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }

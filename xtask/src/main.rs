@@ -19,7 +19,7 @@ commands:
   setup                 install what the eBPF build needs (nightly rust-src, bpf-linker)
   build [--release]     build everything
   run [--debug] -- ARGS build (release unless --debug) and run `cluster run ARGS`
-  lint                  clippy with warnings denied, host crates and the eBPF crate
+  lint                  clippy (host crates and the eBPF crate) and rustdoc, warnings denied
   test [ARGS]           build and run every test (the integration tests need root)";
 
 fn main() -> ExitCode {
@@ -108,6 +108,16 @@ fn lint() -> Result<ExitCode> {
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--", "--deny", "warnings"]);
     setup::run(&mut ebpf)?;
+    let mut doc = cargo_with_linker()?;
+    doc.args([
+        "doc",
+        "--no-deps",
+        "--workspace",
+        "--exclude",
+        "cluster-ebpf",
+    ])
+    .env("RUSTDOCFLAGS", "--deny warnings");
+    setup::run(&mut doc)?;
     Ok(ExitCode::SUCCESS)
 }
 
