@@ -1,5 +1,8 @@
 //! Taking over the listening socket passed the systemd way (sd_listen_fds(3)): fd 3, with
 //! `LISTEN_FDS` and `LISTEN_PID` naming this process.
+//!
+//! Not `sd_notify::listen_fds`: it answers every failed check with an empty set, and a worker
+//! started wrongly must say which check failed.
 
 use std::{
     env, io,
