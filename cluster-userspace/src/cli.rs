@@ -114,14 +114,6 @@ pub enum SteeringMode {
     Shared,
 }
 
-impl SteeringMode {
-    /// Whether this mode loads the eBPF program (and so needs its privileges).
-    #[must_use]
-    pub fn uses_program(self) -> bool {
-        matches!(self, Self::RoundRobin | Self::Sticky)
-    }
-}
-
 impl fmt::Display for SteeringMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -220,7 +212,5 @@ mod tests {
             let typed = mode.to_possible_value().unwrap();
             assert_eq!(typed.get_name(), mode.to_string());
         }
-        assert!(SteeringMode::Sticky.uses_program());
-        assert!(!SteeringMode::Shared.uses_program());
     }
 }

@@ -6,11 +6,13 @@
 //! - [`supervisor`]: the worker pool and its event loop; [`supervisor::spawn`] starts workers.
 //! - [`steering`]: the program in the kernel and the other steering modes.
 //! - [`listener`]: creating the listening sockets.
+//! - [`handoff`]: the names of the socket hand-off to workers.
 //! - [`notify`]: readiness notifications (sd_notify protocol) from workers.
 //! - [`worker`]: the built-in demo HTTP worker.
 
 pub mod cli;
 pub mod cpus;
+pub mod handoff;
 pub mod listener;
 pub mod notify;
 pub mod steering;

@@ -5,7 +5,7 @@ mod setup;
 
 use std::{
     env,
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Command, ExitCode},
@@ -17,14 +17,18 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   setup                 install what the eBPF build needs (nightly rust-src, bpf-linker)
-  build [--release]     build everything
+  build [ARGS]          build the host crates (the eBPF program is built by their build.rs)
   run [--debug] -- ARGS build (release unless --debug) and run `cluster run ARGS`
   lint                  clippy (host crates and the eBPF crate) and rustdoc, warnings denied
   test [ARGS]           build and run every test (the integration tests need root)";
 
+/// Selects every crate built for the host: all but the eBPF crate, which only builds for the
+/// BPF target.
+const HOST_CRATES: [&str; 3] = ["--workspace", "--exclude", "cluster-ebpf"];
+
 fn main() -> ExitCode {
     match run(env::args_os().skip(1).collect()) {
-        Ok(code) => code,
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("xtask: error: {err:#}");
             ExitCode::FAILURE
@@ -32,149 +36,145 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Vec<OsString>) -> Result<ExitCode> {
+fn run(args: Vec<OsString>) -> Result<()> {
     let (command, rest) = args
         .split_first()
         .map_or(("", &[][..]), |(c, r)| (c.to_str().unwrap_or("?"), r));
+    if matches!(command, "" | "help" | "-h" | "--help") {
+        eprintln!("{USAGE}");
+        return Ok(());
+    }
+    if !matches!(command, "setup" | "build" | "run" | "lint" | "test") {
+        bail!("unknown command `{command}`\n\n{USAGE}");
+    }
+    let tasks = Tasks::new()?;
     match command {
         "setup" => {
-            let toolchain = setup::ensure()?;
             eprintln!(
                 "setup: ready; bpf-linker is in {}",
-                toolchain.linker_dir.display()
+                tasks.linker_dir.display()
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
-        "build" => {
-            let mut cargo = cargo_with_linker()?;
-            cargo
-                .args(["build", "--workspace", "--exclude", "cluster-ebpf"])
-                .args(rest);
-            setup::run(&mut cargo)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        "run" => run_cluster(rest),
-        "lint" => lint(),
-        "test" => test(rest),
-        "" | "help" | "-h" | "--help" => {
-            eprintln!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
-        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+        "build" => setup::run(tasks.cargo("build").args(HOST_CRATES).args(rest)),
+        "run" => tasks.run_cluster(rest),
+        "lint" => tasks.lint(),
+        _ => tasks.test(rest),
     }
 }
 
-/// Builds the `cluster` binary and replaces this process with `cluster run ARGS`, so signals
-/// (Ctrl-C) and the exit status are the supervisor's own.
-fn run_cluster(args: &[OsString]) -> Result<ExitCode> {
-    let debug = args.first().is_some_and(|a| a == "--debug");
-    let args = if debug { &args[1..] } else { args };
-    let args = match args.first() {
-        Some(first) if first == "--" => &args[1..],
-        _ => args,
-    };
-    let mut cargo = cargo_with_linker()?;
-    cargo.args([
-        "build",
-        "--package",
-        "cluster-userspace",
-        "--bin",
-        "cluster",
-    ]);
-    if !debug {
-        cargo.arg("--release");
+/// The toolchain made ready once, and the commands run with it.
+struct Tasks {
+    linker_dir: PathBuf,
+    root: PathBuf,
+}
+
+impl Tasks {
+    fn new() -> Result<Self> {
+        let manifest =
+            env::var_os("CARGO_MANIFEST_DIR").context("run this through `cargo xtask`")?;
+        let root = PathBuf::from(manifest)
+            .parent()
+            .map(PathBuf::from)
+            .context("xtask has no parent directory")?;
+        Ok(Self {
+            linker_dir: setup::ensure()?.linker_dir,
+            root,
+        })
     }
-    setup::run(&mut cargo)?;
-    let binary = target_dir()?
-        .join(if debug { "debug" } else { "release" })
-        .join("cluster");
-    let err = Command::new(&binary).arg("run").args(args).exec();
-    Err(err).with_context(|| format!("could not start {}", binary.display()))
-}
 
-fn lint() -> Result<ExitCode> {
-    let mut host = cargo_with_linker()?;
-    host.args([
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "cluster-ebpf",
-        "--all-targets",
-    ])
-    .args(["--", "--deny", "warnings"]);
-    setup::run(&mut host)?;
-    let mut ebpf = nightly_cargo_with_linker()?;
-    ebpf.args(["clippy", "--package", "cluster-ebpf"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .args(["--", "--deny", "warnings"]);
-    setup::run(&mut ebpf)?;
-    let mut doc = cargo_with_linker()?;
-    doc.args([
-        "doc",
-        "--no-deps",
-        "--workspace",
-        "--exclude",
-        "cluster-ebpf",
-    ])
-    .env("RUSTDOCFLAGS", "--deny warnings");
-    setup::run(&mut doc)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Builds the `cluster` binary the integration tests start, then runs every test.
-fn test(args: &[OsString]) -> Result<ExitCode> {
-    let mut build = cargo_with_linker()?;
-    build.args([
-        "build",
-        "--package",
-        "cluster-userspace",
-        "--bin",
-        "cluster",
-    ]);
-    setup::run(&mut build)?;
-    let mut cargo = cargo_with_linker()?;
-    cargo
-        .args(["test", "--workspace", "--exclude", "cluster-ebpf"])
-        .args(args);
-    setup::run(&mut cargo)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `cargo`, run from the workspace root, with the bootstrapped bpf-linker first on PATH.
-fn cargo_with_linker() -> Result<Command> {
-    let cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    with_linker(cargo)
-}
-
-/// The nightly toolchain's `cargo`, for the eBPF crate.
-fn nightly_cargo_with_linker() -> Result<Command> {
-    let mut cargo = Command::new("rustup");
-    cargo.args(["run", "nightly", "cargo"]);
-    for key in ["RUSTC", "RUSTC_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO"] {
-        cargo.env_remove(key);
+    /// `cargo SUBCOMMAND` from the workspace root, with bpf-linker first on PATH.
+    fn cargo(&self, subcommand: &str) -> Command {
+        let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cargo.arg(subcommand);
+        self.with_linker(cargo)
     }
-    with_linker(cargo)
-}
 
-fn with_linker(mut cargo: Command) -> Result<Command> {
-    let toolchain = setup::ensure()?;
-    let mut path = vec![toolchain.linker_dir];
-    path.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
-    cargo.current_dir(workspace_root()?).env(
-        "PATH",
-        env::join_paths(path).context("PATH contains a `:` in a directory name")?,
-    );
-    Ok(cargo)
-}
+    /// The nightly toolchain's `cargo SUBCOMMAND`, for the eBPF crate.
+    fn nightly_cargo(&self, subcommand: &str) -> Command {
+        let mut cargo = Command::new("rustup");
+        cargo.args(["run", "nightly", "cargo", subcommand]);
+        for key in ["RUSTC", "RUSTC_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO"] {
+            cargo.env_remove(key);
+        }
+        self.with_linker(cargo)
+    }
 
-fn workspace_root() -> Result<PathBuf> {
-    let manifest = env::var_os("CARGO_MANIFEST_DIR").context("run this through `cargo xtask`")?;
-    PathBuf::from(manifest)
-        .parent()
-        .map(PathBuf::from)
-        .context("xtask has no parent directory")
-}
+    fn with_linker(&self, mut cargo: Command) -> Command {
+        let path = env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![self.linker_dir.clone()];
+        dirs.extend(env::split_paths(&path));
+        // A PATH entry with a `:` cannot be joined; keep PATH as it is then (the build script
+        // names the fix if bpf-linker is not found).
+        let joined = env::join_paths(dirs).unwrap_or(path);
+        cargo.current_dir(&self.root).env("PATH", joined);
+        cargo
+    }
 
-fn target_dir() -> Result<PathBuf> {
-    Ok(env::var_os("CARGO_TARGET_DIR").map_or(workspace_root()?.join("target"), PathBuf::from))
+    /// Builds the `cluster` binary with `profile` and returns its path.
+    fn build_cluster(&self, profile: &str) -> Result<PathBuf> {
+        let mut cargo = self.cargo("build");
+        cargo.args([
+            "--package",
+            "cluster-userspace",
+            "--bin",
+            "cluster",
+            "--profile",
+            profile,
+        ]);
+        setup::run(&mut cargo)?;
+        let target =
+            env::var_os("CARGO_TARGET_DIR").map_or(self.root.join("target"), PathBuf::from);
+        // Cargo puts the `dev` profile in `debug/`.
+        let dir = if profile == "dev" { "debug" } else { profile };
+        Ok(target.join(dir).join("cluster"))
+    }
+
+    /// Builds `cluster` and replaces this process with `cluster run ARGS`, so signals (Ctrl-C)
+    /// and the exit status are the supervisor's own.
+    fn run_cluster(&self, args: &[OsString]) -> Result<()> {
+        let debug = args.first().is_some_and(|a| a == "--debug");
+        let args = if debug { &args[1..] } else { args };
+        let args = args.strip_prefix(&[OsString::from("--")]).unwrap_or(args);
+        let binary = self.build_cluster(if debug { "dev" } else { "release" })?;
+        let err = Command::new(&binary).arg("run").args(args).exec();
+        Err(err).with_context(|| format!("could not start {}", binary.display()))
+    }
+
+    fn lint(&self) -> Result<()> {
+        let deny = [
+            OsStr::new("--"),
+            OsStr::new("--deny"),
+            OsStr::new("warnings"),
+        ];
+        setup::run(
+            self.cargo("clippy")
+                .args(HOST_CRATES)
+                .arg("--all-targets")
+                .args(deny),
+        )?;
+        setup::run(
+            self.nightly_cargo("clippy")
+                .args([
+                    "--package",
+                    "cluster-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
+                .args(["-Z", "build-std=core"])
+                .args(deny),
+        )?;
+        setup::run(
+            self.cargo("doc")
+                .arg("--no-deps")
+                .args(HOST_CRATES)
+                .env("RUSTDOCFLAGS", "--deny warnings"),
+        )
+    }
+
+    /// Builds the `cluster` binary the integration tests start, then runs every test.
+    fn test(&self, args: &[OsString]) -> Result<()> {
+        self.build_cluster("dev")?;
+        setup::run(self.cargo("test").args(HOST_CRATES).args(args))
+    }
 }

@@ -10,7 +10,12 @@
 pub mod backoff;
 pub mod spawn;
 
-use std::{fmt, io, net::SocketAddr, os::fd::AsFd, time::Duration};
+use std::{
+    fmt, io,
+    net::SocketAddr,
+    os::fd::{AsFd, BorrowedFd},
+    time::Duration,
+};
 
 use nix::{
     errno::Errno,
@@ -287,13 +292,12 @@ impl Supervisor {
             }
         };
         let notify_socket = self.notify.env_value();
-        let listener = own_socket
-            .as_ref()
-            .or(self.shared.as_ref())
-            .map(AsFd::as_fd)
-            .ok_or_else(|| SupervisorError::Os {
-                op: "choosing the worker socket",
-                source: io::Error::other("neither an own nor a shared socket"),
+        let listener =
+            worker_socket(own_socket.as_ref(), self.shared.as_ref()).ok_or_else(|| {
+                SupervisorError::Os {
+                    op: "choosing the worker socket",
+                    source: io::Error::other("neither an own nor a shared socket"),
+                }
             })?;
         let handoff = Handoff {
             slot,
@@ -342,11 +346,7 @@ impl Supervisor {
             return;
         };
         let (pid, own_socket) = (*pid, socket.take());
-        let listener = own_socket
-            .as_ref()
-            .or(self.shared.as_ref())
-            .map(AsFd::as_fd);
-        if let Some(listener) = listener
+        if let Some(listener) = worker_socket(own_socket.as_ref(), self.shared.as_ref())
             && let Err(err) = self.steering.worker_serving(slot, listener)
         {
             error!(slot, pid = pid.as_raw(), error = %err, "worker runs but could not be added to the selection");
@@ -532,6 +532,14 @@ impl Supervisor {
             Err(err) => warn!(error = %err, "could not read steering events"),
         }
     }
+}
+
+/// The socket a worker serves on: its own, or the pool's shared one.
+fn worker_socket<'a>(
+    own: Option<&'a Socket>,
+    shared: Option<&'a Socket>,
+) -> Option<BorrowedFd<'a>> {
+    own.or(shared).map(AsFd::as_fd)
 }
 
 /// Every child that exited and was not yet reaped: waitpid(WNOHANG) until none is left.

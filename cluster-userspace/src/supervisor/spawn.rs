@@ -21,15 +21,15 @@ use nix::{
     unistd::{ForkResult, Pid, fork},
 };
 
-/// The fd a worker finds its listening socket on (`SD_LISTEN_FDS_START`).
-pub const LISTEN_FD: RawFd = 3;
+use crate::{handoff, notify::NOTIFY_SOCKET};
+
 /// Variables the supervisor sets for each worker; inherited values are dropped.
 const OWN_VARIABLES: [&str; 5] = [
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "CLUSTER_WORKER_ID",
-    "NOTIFY_SOCKET",
+    handoff::LISTEN_FDS,
+    handoff::LISTEN_PID,
+    handoff::LISTEN_FDNAMES,
+    handoff::WORKER_ID,
+    NOTIFY_SOCKET,
 ];
 
 /// Why a worker could not be started.
@@ -204,7 +204,7 @@ pub fn spawn(program: &WorkerProgram, handoff: &Handoff<'_>) -> Result<Pid, Spaw
     }
 }
 
-fn worker_environment(handoff: &Handoff<'_>) -> Result<Vec<CString>, SpawnError> {
+fn worker_environment(plan: &Handoff<'_>) -> Result<Vec<CString>, SpawnError> {
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(key, _)| !OWN_VARIABLES.iter().any(|own| key == own))
         .map(|(key, value)| {
@@ -215,10 +215,10 @@ fn worker_environment(handoff: &Handoff<'_>) -> Result<Vec<CString>, SpawnError>
         })
         .collect::<Result<_, _>>()?;
     for entry in [
-        "LISTEN_FDS=1".to_owned(),
-        format!("LISTEN_FDNAMES={}", handoff.fd_name),
-        format!("CLUSTER_WORKER_ID={}", handoff.slot),
-        format!("NOTIFY_SOCKET={}", handoff.notify_socket),
+        format!("{}=1", handoff::LISTEN_FDS),
+        format!("{}={}", handoff::LISTEN_FDNAMES, plan.fd_name),
+        format!("{}={}", handoff::WORKER_ID, plan.slot),
+        format!("{NOTIFY_SOCKET}={}", plan.notify_socket),
     ] {
         env.push(c_string(entry.into())?);
     }
@@ -296,7 +296,7 @@ unsafe fn exec_child(plan: &ChildPlan) -> ! {
             fail(if status < 0 { plan.status } else { status });
         }
         // dup2 leaves the new fd without close-on-exec: these two survive exec.
-        if libc::dup2(listener, LISTEN_FD) < 0 || libc::dup2(devnull, 0) < 0 {
+        if libc::dup2(listener, handoff::LISTEN_FD) < 0 || libc::dup2(devnull, 0) < 0 {
             fail(status);
         }
 
@@ -308,7 +308,7 @@ unsafe fn exec_child(plan: &ChildPlan) -> ! {
     }
 }
 
-/// Writes `LISTEN_PID=<pid>` at `out` and returns its length; `out` has room for 32 bytes.
+/// Writes `LISTEN_PID=<pid>` (see [`handoff::LISTEN_PID`]) at `out` and returns its length; `out` has room for 32 bytes.
 ///
 /// # Safety
 /// `out` must be valid for 32 bytes of writes.

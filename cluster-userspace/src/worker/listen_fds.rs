@@ -7,11 +7,10 @@
 use std::{
     env, io,
     net::TcpListener,
-    os::fd::{FromRawFd, OwnedFd, RawFd},
+    os::fd::{BorrowedFd, FromRawFd, OwnedFd},
 };
 
-/// `SD_LISTEN_FDS_START`.
-const FIRST_FD: RawFd = 3;
+use crate::handoff::{LISTEN_FD, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
 
 /// Why no listening socket could be taken over.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +30,8 @@ pub enum ListenFdsError {
 /// Takes fd 3 as a TCP listener and removes the variables, so a child we start does not take it
 /// too (as `sd_listen_fds(1)` does).
 pub fn take_listener() -> Result<TcpListener, ListenFdsError> {
-    let count = env::var("LISTEN_FDS").map_err(|_| ListenFdsError::NotPassed)?;
-    let pid = env::var("LISTEN_PID").map_err(|_| ListenFdsError::NotPassed)?;
+    let count = env::var(LISTEN_FDS).map_err(|_| ListenFdsError::NotPassed)?;
+    let pid = env::var(LISTEN_PID).map_err(|_| ListenFdsError::NotPassed)?;
     let own = std::process::id();
     if pid.parse::<u32>().ok() != Some(own) {
         return Err(ListenFdsError::OtherProcess { found: pid, own });
@@ -44,11 +43,12 @@ pub fn take_listener() -> Result<TcpListener, ListenFdsError> {
     // SAFETY: for Rust 2024 `remove_var` is unsafe because another thread could read the
     // environment; the worker calls this before it starts any thread.
     unsafe {
-        for key in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        for key in [LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES] {
             env::remove_var(key);
         }
     }
-    let first_fd = borrow_first_fd();
+    // SAFETY: fd 3 stays open for this borrow; it is owned only further down.
+    let first_fd = unsafe { BorrowedFd::borrow_raw(LISTEN_FD) };
     let socket = socket2::SockRef::from(&first_fd);
     let accepting = socket.is_listener().map_err(ListenFdsError::NotASocket)?;
     if !accepting {
@@ -58,15 +58,10 @@ pub fn take_listener() -> Result<TcpListener, ListenFdsError> {
     }
     // SAFETY: LISTEN_FDS/LISTEN_PID hand fd 3 to this process, and we checked it is a listening
     // socket; nothing else in the process owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(FIRST_FD) };
+    let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FD) };
     let listener = TcpListener::from(fd);
     listener
         .set_nonblocking(true)
         .map_err(ListenFdsError::NotASocket)?;
     Ok(listener)
-}
-
-fn borrow_first_fd() -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: only used while fd 3 is open, within `take_listener`, before it is owned.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(FIRST_FD) }
 }

@@ -15,12 +15,10 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::notify;
+use crate::{handoff, notify};
 
-pub use self::{
-    http::{Identity, MAX_ITERATIONS},
-    listen_fds::ListenFdsError,
-};
+use self::http::Identity;
+pub use self::listen_fds::ListenFdsError;
 
 /// How often the accept queue is checked without a wake-up: connections migrated from a closing
 /// socket arrive with no `sk_data_ready()`, so epoll never reports them
@@ -47,7 +45,7 @@ pub enum WorkerError {
 /// Runs the demo worker until SIGTERM or SIGINT.
 pub fn run() -> Result<(), WorkerError> {
     let listener = listen_fds::take_listener()?;
-    let slot = match std::env::var("CLUSTER_WORKER_ID") {
+    let slot = match std::env::var(handoff::WORKER_ID) {
         Ok(value) => value.parse().map_err(|_| WorkerError::BadSlot(value))?,
         Err(_) => 0,
     };
