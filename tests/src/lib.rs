@@ -12,7 +12,7 @@ use std::{
     os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -48,7 +48,7 @@ pub fn cluster_binary() -> PathBuf {
     bin
 }
 
-/// Fails the test unless it runs as root: loading the program needs CAP_BPF and CAP_NET_ADMIN.
+/// Fails the test unless it runs as root: loading the program needs CAP_BPF and CAP_PERFMON.
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -62,6 +62,9 @@ pub struct Cluster {
     child: Option<Child>,
     addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// Disconnects when the log reader has read everything: every process that held the
+    /// cluster's stderr (supervisor and workers) has exited.
+    log_done: mpsc::Receiver<()>,
 }
 
 impl Cluster {
@@ -103,7 +106,9 @@ impl Cluster {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&log);
+        let (done, log_done) = mpsc::channel::<()>();
         thread::spawn(move || {
+            let _done = done;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -114,6 +119,7 @@ impl Cluster {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
             log,
+            log_done,
         }
     }
 
@@ -126,7 +132,7 @@ impl Cluster {
             }
             let child = self.child.as_mut().expect("running");
             if let Some(status) = child.try_wait().expect("wait for cluster") {
-                thread::sleep(Duration::from_millis(100));
+                self.wait_for_log_end();
                 panic!(
                     "cluster exited ({status}) before it was ready:\n{}",
                     self.log()
@@ -194,9 +200,14 @@ impl Cluster {
     /// Sends SIGTERM and waits for the supervisor to exit; returns its status and full log.
     pub fn stop(mut self) -> (ExitStatus, String) {
         let status = self.stop_with(Signal::SIGTERM);
-        // The log reader ends when the last worker closes stderr.
-        thread::sleep(Duration::from_millis(100));
+        self.wait_for_log_end();
         (status, self.log())
+    }
+
+    /// Waits until the log reader has read the last line (at most 10 s: a worker that outlived
+    /// its supervisor would keep stderr open, and the assertions on the log then say so).
+    fn wait_for_log_end(&self) {
+        let _ = self.log_done.recv_timeout(Duration::from_secs(10));
     }
 
     fn stop_with(&mut self, signal: Signal) -> ExitStatus {

@@ -117,10 +117,13 @@ fn too_little_privilege_names_what_is_missing() {
     as_nobody(&mut command);
     let error = expect_runtime_error(command);
     assert!(
-        error.contains("run as root, or with CAP_BPF and CAP_NET_ADMIN"),
+        error.contains("run as root, or with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"),
         "{error}"
     );
-    assert!(error.contains("`--steering hash` needs neither"), "{error}");
+    assert!(
+        error.contains("`--steering hash` needs none of them"),
+        "{error}"
+    );
 }
 
 #[test]

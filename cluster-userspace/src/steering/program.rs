@@ -34,7 +34,7 @@ pub enum Policy {
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
     #[error(
-        "loading the eBPF steering program was refused ({source}): run as root, or with CAP_BPF and CAP_NET_ADMIN; `--steering hash` needs neither"
+        "loading the eBPF steering program was refused ({source}): run as root, or with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); `--steering hash` needs none of them"
     )]
     Privilege {
         #[source]
