@@ -37,17 +37,20 @@ fn build() -> Result<(), String> {
     for dir in ["cluster-ebpf", "cluster-common"] {
         println!("cargo::rerun-if-changed={}", workspace.join(dir).display());
     }
-    println!("cargo::rerun-if-env-changed=PATH");
 
-    if find_on_path("bpf-linker").is_none() {
-        return Err(
-            "bpf-linker is not on PATH: run `cargo xtask setup`, or build with `cargo xtask build|run|test`, which put it on PATH"
-                .into(),
-        );
-    }
+    // Rerun when what the eBPF build runs changes: the linker and the nightly compiler, as
+    // resolved now. Not on PATH itself: a new shell, an activated virtualenv or plain `cargo`
+    // after `cargo xtask` changes PATH without changing either, and must not rebuild.
+    let linker = find_on_path("bpf-linker").ok_or(
+        "bpf-linker is not on PATH: run `cargo xtask setup`, or build with `cargo xtask build|run|test`, which put it on PATH",
+    )?;
     let rustup = find_on_path("rustup").ok_or(
         "rustup is not on PATH: install rustup (https://rustup.rs), then run `cargo xtask setup`",
     )?;
+    let nightly_rustc = nightly_rustc(&rustup)?;
+    for input in [&linker, &nightly_rustc] {
+        println!("cargo::rerun-if-changed={}", input.display());
+    }
 
     let out_dir = PathBuf::from(env_var("OUT_DIR")?);
     let target_dir = env::var_os("CARGO_TARGET_DIR")
@@ -116,6 +119,19 @@ fn copy(from: &Path, to: &Path) -> Result<(), String> {
 
 fn env_var(key: &str) -> Result<String, String> {
     env::var(key).map_err(|_| format!("{key} is not set (is this run by cargo?)"))
+}
+
+/// The nightly toolchain's `rustc` (`rustup which`): a new nightly replaces this file.
+fn nightly_rustc(rustup: &Path) -> Result<PathBuf, String> {
+    let output = Command::new(rustup)
+        .args(["which", "--toolchain", "nightly", "rustc"])
+        .output()
+        .map_err(|e| format!("running `rustup which` failed: {e}"))?;
+    if !output.status.success() {
+        return Err("the nightly toolchain is not installed: run `cargo xtask setup`".to_owned());
+    }
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    Ok(PathBuf::from(path))
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {

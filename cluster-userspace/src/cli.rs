@@ -17,22 +17,29 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a pool of workers, each with its own listening socket, and supervise them.
+    // `display_name`: `--version` prints `cluster 0.1.0`, not clap's `cluster-run 0.1.0`.
+    // `allow_negative_numbers`: `--workers -1` is a value (PM2's `-i -1`), while `--` still
+    // starts the COMMAND; `allow_hyphen_values` would swallow the `--`.
+    #[command(display_name = "cluster", allow_negative_numbers = true)]
     Run(RunArgs),
     /// The built-in demo HTTP server; `cluster run` starts one per slot when no COMMAND is given.
-    #[command(hide = true)]
+    #[command(hide = true, display_name = "cluster")]
     Worker,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Number of workers: a positive number, or `max` for the CPUs this process may use
-    /// (CPU affinity and cgroup CPU quota, not the host's core count).
-    #[arg(long, value_name = "N|max", default_value = "max", value_parser = parse_worker_count)]
+    /// Number of workers: a positive number; `max` for the CPUs this process may use (CPU
+    /// affinity and cgroup CPU quota, not the host's core count); `-N` for all of those but N,
+    /// at least 1 (PM2's `-i -1`).
+    #[arg(long, value_name = "N|max|-N", default_value = "max", value_parser = parse_worker_count)]
     pub workers: WorkerCount,
 
-    /// Address to listen on, IPv4 or IPv6 (`[::1]:8080`); port 0 picks a free port.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    /// Where to listen: `HOST:PORT` (`127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`), or
+    /// `PORT` / `:PORT` for every interface (IPv6 and IPv4). Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR:PORT|PORT", default_value = "127.0.0.1:8080",
+          value_parser = parse_listen)]
+    pub listen: ListenSpec,
 
     /// How new connections are spread over the workers.
     #[arg(long, value_enum, default_value_t = SteeringMode::RoundRobin)]
@@ -59,6 +66,16 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ready_timeout: u64,
 
+    /// Let workers write to the supervisor's stdout and stderr directly, instead of capturing
+    /// their output and logging it line by line with their slot and pid.
+    #[arg(long)]
+    pub log_passthrough: bool,
+
+    /// How the log is written to stderr: `text` for people, `json` (one object per line) for
+    /// log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Program each worker runs instead of the demo server. It gets its listening socket the
     /// systemd way (fd 3, LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES) and its slot number in
     /// CLUSTER_WORKER_ID.
@@ -71,34 +88,111 @@ pub struct RunArgs {
 pub enum WorkerCount {
     /// As many as the CPUs this process may use.
     Max,
+    /// That many fewer than the CPUs this process may use, at least 1.
+    AllBut(NonZeroU32),
     /// Exactly this many.
     Exactly(NonZeroU32),
 }
 
 impl WorkerCount {
-    /// The slot count: `Max` becomes `usable_cpus`, both capped at [`MAX_SLOTS`].
+    /// The slot count for `usable_cpus` usable CPUs, from 1 to [`MAX_SLOTS`].
     #[must_use]
     pub fn resolve(self, usable_cpus: u32) -> u32 {
         match self {
             Self::Max => usable_cpus.clamp(1, MAX_SLOTS),
+            Self::AllBut(n) => usable_cpus.saturating_sub(n.get()).clamp(1, MAX_SLOTS),
             Self::Exactly(n) => n.get(),
         }
     }
 }
 
-/// Parses `--workers`: `max`, or a whole number from 1 to [`MAX_SLOTS`].
+/// Parses `--workers`: `max`, `-N`, or a whole number from 1 to [`MAX_SLOTS`].
 pub fn parse_worker_count(value: &str) -> Result<WorkerCount, String> {
     if value.eq_ignore_ascii_case("max") {
         return Ok(WorkerCount::Max);
     }
-    let n: u64 = value
-        .parse()
-        .map_err(|_| "expected a whole number of workers, or `max`".to_owned())?;
-    match u32::try_from(n).ok().and_then(NonZeroU32::new) {
-        None if n == 0 => Err("the pool needs at least 1 worker".to_owned()),
-        Some(n) if n.get() <= MAX_SLOTS => Ok(WorkerCount::Exactly(n)),
-        _ => Err(format!("at most {MAX_SLOTS} workers are supported")),
+    let (all_but, digits) = match value.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, value),
+    };
+    let n: u64 = digits.parse().map_err(|_| {
+        "expected a whole number of workers, `max`, or `-N` for all CPUs but N".to_owned()
+    })?;
+    let n = match u32::try_from(n).ok().and_then(NonZeroU32::new) {
+        None if n == 0 => return Err("the pool needs at least 1 worker".to_owned()),
+        Some(n) if n.get() <= MAX_SLOTS => n,
+        _ => return Err(format!("at most {MAX_SLOTS} workers are supported")),
+    };
+    Ok(if all_but {
+        WorkerCount::AllBut(n)
+    } else {
+        WorkerCount::Exactly(n)
+    })
+}
+
+/// `--listen` as typed; resolved to one address when the pool starts
+/// ([`crate::listener::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenSpec {
+    /// An IP address and port.
+    Addr(SocketAddr),
+    /// `PORT` or `:PORT`: every interface, as Node's `listen(PORT)` and Go's `:PORT`.
+    AnyInterface { port: u16 },
+    /// A host name, resolved at start.
+    Host { host: String, port: u16 },
+}
+
+impl fmt::Display for ListenSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Addr(addr) => write!(f, "{addr}"),
+            Self::AnyInterface { port } => write!(f, ":{port}"),
+            Self::Host { host, port } => write!(f, "{host}:{port}"),
+        }
     }
+}
+
+/// Parses `--listen`: `IP:PORT`, `[IPv6]:PORT`, `HOST:PORT`, `PORT` or `:PORT`.
+pub fn parse_listen(value: &str) -> Result<ListenSpec, String> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(ListenSpec::Addr(addr));
+    }
+    let port = |text: &str| -> Result<u16, String> {
+        text.parse()
+            .map_err(|_| format!("`{text}` is not a port number (0 to 65535)"))
+    };
+    let digits_only = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let bare = value.strip_prefix(':').unwrap_or(value);
+    if digits_only(bare) {
+        return Ok(ListenSpec::AnyInterface { port: port(bare)? });
+    }
+    let usage = "expected HOST:PORT, [IPv6]:PORT, PORT or :PORT";
+    let (host, port_text) = value.rsplit_once(':').ok_or(usage)?;
+    if host.contains(':') || host.contains('[') {
+        return Err(format!(
+            "{usage}; write an IPv6 address in brackets, as in [::1]:8080"
+        ));
+    }
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+    {
+        return Err(format!("`{host}` is not a host name; {usage}"));
+    }
+    Ok(ListenSpec::Host {
+        host: host.to_owned(),
+        port: port(port_text)?,
+    })
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, for people.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// `--steering`: who picks the worker for a new connection.
@@ -141,8 +235,13 @@ mod tests {
     fn defaults() {
         let args = run_args(&[]).unwrap();
         assert_eq!(args.workers, WorkerCount::Max);
-        assert_eq!(args.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            args.listen,
+            ListenSpec::Addr("127.0.0.1:8080".parse().unwrap())
+        );
         assert_eq!(args.steering, SteeringMode::RoundRobin);
+        assert_eq!(args.log_format, LogFormat::Text);
+        assert!(!args.log_passthrough);
         assert!(args.command.is_empty());
     }
 
@@ -159,11 +258,8 @@ mod tests {
                 .unwrap_err()
                 .contains("whole number")
         );
-        assert!(
-            parse_worker_count("-3")
-                .unwrap_err()
-                .contains("whole number")
-        );
+        assert!(parse_worker_count("-x").unwrap_err().contains("`-N`"));
+        assert!(parse_worker_count("-0").unwrap_err().contains("at least 1"));
         assert!(
             parse_worker_count("99999999999")
                 .unwrap_err()
@@ -172,6 +268,64 @@ mod tests {
         assert!(parse_worker_count("1025").unwrap_err().contains("at most"));
         assert_eq!(WorkerCount::Max.resolve(3), 3);
         assert_eq!(WorkerCount::Max.resolve(5000), MAX_SLOTS);
+        let all_but = |n| WorkerCount::AllBut(NonZeroU32::new(n).unwrap());
+        assert_eq!(parse_worker_count("-1"), Ok(all_but(1)));
+        assert_eq!(all_but(1).resolve(8), 7);
+        assert_eq!(all_but(1).resolve(1), 1, "at least one worker");
+        assert_eq!(all_but(3).resolve(2), 1);
+    }
+
+    #[test]
+    fn negative_workers_and_a_command_parse_together() {
+        let args = run_args(&["--workers", "-1", "--", "python3", "-1"]).unwrap();
+        assert_eq!(
+            args.workers,
+            WorkerCount::AllBut(NonZeroU32::new(1).unwrap())
+        );
+        assert_eq!(args.command, vec![OsString::from("python3"), "-1".into()]);
+        let args = run_args(&["--workers=-2"]).unwrap();
+        assert_eq!(
+            args.workers,
+            WorkerCount::AllBut(NonZeroU32::new(2).unwrap())
+        );
+    }
+
+    #[test]
+    fn listen_forms() {
+        let any = |port| Ok(ListenSpec::AnyInterface { port });
+        assert_eq!(parse_listen("8080"), any(8080));
+        assert_eq!(parse_listen(":8080"), any(8080));
+        assert_eq!(parse_listen("0"), any(0));
+        assert_eq!(
+            parse_listen("localhost:8080"),
+            Ok(ListenSpec::Host {
+                host: "localhost".into(),
+                port: 8080
+            })
+        );
+        assert_eq!(
+            parse_listen("[::]:80"),
+            Ok(ListenSpec::Addr("[::]:80".parse().unwrap()))
+        );
+        assert!(parse_listen("::1:80").unwrap_err().contains("brackets"));
+        assert!(parse_listen("70000").unwrap_err().contains("port number"));
+        assert!(parse_listen("localhost").unwrap_err().contains("HOST:PORT"));
+        assert!(parse_listen("a b:80").unwrap_err().contains("host name"));
+        assert!(parse_listen(":").unwrap_err().contains("host name"));
+        assert_eq!(
+            parse_listen("localhost:8080").unwrap().to_string(),
+            "localhost:8080"
+        );
+        assert_eq!(parse_listen("8080").unwrap().to_string(), ":8080");
+    }
+
+    #[test]
+    fn version_names_the_program() {
+        let err = Cli::try_parse_from(["cluster", "run", "--version"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cluster {}\n", env!("CARGO_PKG_VERSION"))
+        );
     }
 
     #[test]
@@ -186,13 +340,20 @@ mod tests {
             "-V",
         ])
         .unwrap();
-        assert_eq!(args.listen, "[::1]:0".parse().unwrap());
+        assert_eq!(args.listen, ListenSpec::Addr("[::1]:0".parse().unwrap()));
         assert_eq!(args.steering, SteeringMode::Sticky);
         assert_eq!(
             args.command,
             vec![OsString::from("python3"), OsString::from("-V")]
         );
         assert!(run_args(&["--listen", "localhost"]).is_err());
+        assert!(run_args(&["--log-format", "xml"]).is_err());
+        assert_eq!(
+            run_args(&["--log-format", "json", "--log-passthrough"])
+                .unwrap()
+                .log_format,
+            LogFormat::Json
+        );
         assert!(run_args(&["--steering", "random"]).is_err());
         assert!(run_args(&["--backlog", "0"]).is_err());
         assert!(

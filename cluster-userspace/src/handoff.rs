@@ -14,3 +14,6 @@ pub const LISTEN_PID: &str = "LISTEN_PID";
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 /// The worker's slot number.
 pub const WORKER_ID: &str = "CLUSTER_WORKER_ID";
+/// Set (to `1`) when the supervisor captures the worker's stdout and stderr and logs each line
+/// with a timestamp of its own; the demo worker then leaves timestamps out of its lines.
+pub const OUTPUT_CAPTURED: &str = "CLUSTER_OUTPUT_CAPTURED";

@@ -1,9 +1,15 @@
-//! Listening sockets: checking that the address is free, and creating each worker's
-//! SO_REUSEPORT socket (or the one shared socket), close-on-exec, bound and listening.
+//! Listening sockets: resolving `--listen` to one address, checking that the address is free,
+//! and creating each worker's SO_REUSEPORT socket (or the one shared socket), close-on-exec,
+//! bound and listening.
 
-use std::{io, net::SocketAddr};
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _},
+};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::cli::ListenSpec;
 
 /// Why a listening socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +26,10 @@ pub enum ListenError {
         "cannot listen on {addr}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE"
     )]
     Denied { addr: SocketAddr },
+    #[error(
+        "cannot resolve `{host}` for --listen: {reason}; use an IP address, or a name this host resolves (see /etc/hosts)"
+    )]
+    Resolve { host: String, reason: String },
     #[error("{op} for {addr} failed: {source}")]
     Io {
         op: &'static str,
@@ -36,6 +46,58 @@ pub enum Sharing {
     ReusePort,
     /// One socket for everybody; a second program cannot bind the port.
     Exclusive,
+}
+
+/// The one address `spec` names. `PORT` alone means every interface: `[::]` (IPv6 and, as
+/// IPv4-mapped addresses, IPv4), or `0.0.0.0` where the kernel has no IPv6. A host name with
+/// several addresses binds the first IPv4 one (`localhost` binds 127.0.0.1), else the first;
+/// the choice is logged.
+pub fn resolve(spec: &ListenSpec) -> Result<SocketAddr, ListenError> {
+    match spec {
+        ListenSpec::Addr(addr) => Ok(*addr),
+        ListenSpec::AnyInterface { port } if ipv6_available() => {
+            Ok(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), *port))
+        }
+        ListenSpec::AnyInterface { port } => {
+            Ok(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port))
+        }
+        ListenSpec::Host { host, port } => {
+            let resolve_error = |reason: String| ListenError::Resolve {
+                host: host.clone(),
+                reason,
+            };
+            let mut found: Vec<SocketAddr> = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| resolve_error(e.to_string()))?
+                .collect();
+            found.dedup();
+            let chosen =
+                preferred(&found).ok_or_else(|| resolve_error("it has no address".into()))?;
+            if found.len() > 1 {
+                let all: Vec<String> = found.iter().map(ToString::to_string).collect();
+                tracing::info!(host = %host, addresses = %all.join(" "), addr = %chosen,
+                               "--listen names several addresses; binding one");
+            }
+            Ok(chosen)
+        }
+    }
+}
+
+/// The address a name with these addresses binds: the first IPv4 one, else the first.
+fn preferred(addresses: &[SocketAddr]) -> Option<SocketAddr> {
+    addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addresses.first())
+        .copied()
+}
+
+/// Whether the kernel has IPv6 at all (booted without `ipv6.disable=1`).
+fn ipv6_available() -> bool {
+    match Socket::new(Domain::IPV6, Type::STREAM, None) {
+        Ok(_) => true,
+        Err(err) => err.raw_os_error() != Some(libc::EAFNOSUPPORT),
+    }
 }
 
 /// Checks that no socket holds `addr` and returns the address to use, with port 0 replaced by a
@@ -80,10 +142,19 @@ pub fn open(addr: SocketAddr, backlog: u32, sharing: Sharing) -> Result<Socket, 
     Ok(socket)
 }
 
-/// A TCP socket of the address's family; socket2 creates it close-on-exec.
+/// A TCP socket of the address's family; socket2 creates it close-on-exec. An IPv6 socket is
+/// dual-stack (IPV6_V6ONLY off) whatever `net.ipv6.bindv6only` says, so `[::]` also takes IPv4
+/// clients, and every socket of the pool has the same setting (a reuseport group only admits
+/// sockets that agree on it: `inet_reuseport_add_sock` in net/ipv4/inet_hashtables.c).
 fn new_socket(addr: SocketAddr) -> Result<Socket, ListenError> {
-    Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(|e| io_error("socket", addr, e))
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| io_error("socket", addr, e))?;
+    if addr.is_ipv6() {
+        socket
+            .set_only_v6(false)
+            .map_err(|e| io_error("setsockopt(IPV6_V6ONLY)", addr, e))?;
+    }
+    Ok(socket)
 }
 
 fn bind_error(addr: SocketAddr, err: io::Error) -> ListenError {
@@ -121,6 +192,51 @@ mod tests {
             open(addr, 16, Sharing::ReusePort),
             Err(ListenError::InUse { .. })
         ));
+    }
+
+    #[test]
+    fn listen_forms_resolve() {
+        let any = resolve(&ListenSpec::AnyInterface { port: 8080 }).unwrap();
+        assert!(any.ip().is_unspecified() && any.port() == 8080, "{any}");
+        let localhost = ListenSpec::Host {
+            host: "localhost".into(),
+            port: 80,
+        };
+        assert_eq!(
+            resolve(&localhost).unwrap(),
+            "127.0.0.1:80".parse().unwrap()
+        );
+        let nowhere = ListenSpec::Host {
+            host: "no-such-host.invalid".into(),
+            port: 80,
+        };
+        let err = resolve(&nowhere).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot resolve `no-such-host.invalid`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_name_with_several_addresses_binds_ipv4_first() {
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(preferred(&[v6, v4]), Some(v4));
+        assert_eq!(preferred(&[v6]), Some(v6));
+        assert_eq!(preferred(&[]), None);
+    }
+
+    #[test]
+    fn dual_stack_takes_ipv4_clients() {
+        let addr = reserve("[::]:0".parse().unwrap()).unwrap();
+        let _listener = open(addr, 16, Sharing::ReusePort).unwrap();
+        let v4 = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port());
+        std::net::TcpStream::connect(v4).expect("an IPv4 client reaches [::]");
+        assert!(
+            matches!(reserve(v4), Err(ListenError::InUse { .. })),
+            "the IPv4 port is taken too"
+        );
     }
 
     #[test]

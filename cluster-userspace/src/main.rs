@@ -1,28 +1,50 @@
-//! The `cluster` binary: parses the command line and runs the supervisor or the demo worker;
-//! any error ends it with one line on stderr and exit status 1.
+//! The `cluster` binary: parses the command line and runs the supervisor or the demo worker.
+//!
+//! Exit status: 0 when the pool stopped cleanly, 1 on an error (one line on stderr), 2 for a bad
+//! command line (clap's), 3 when the pool stopped but some workers had to be killed.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use cluster::{
-    cli::{Cli, Command},
-    supervisor, telemetry, worker,
+    cli::{Cli, Command, LogFormat},
+    handoff, supervisor,
+    telemetry::{self, Style},
+    worker,
 };
+
+/// The pool stopped, but at least one worker outlived `--shutdown-timeout` or a second stop
+/// signal, and was killed.
+const EXIT_WORKERS_KILLED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
-    let result: anyhow::Result<()> = match cli.command {
-        Command::Run(args) => supervisor::run(args).map_err(Into::into),
-        Command::Worker => worker::run().map_err(Into::into),
+    let style = match &cli.command {
+        Command::Run(args) => Style {
+            format: args.log_format,
+            timestamps: true,
+        },
+        Command::Worker => Style {
+            format: LogFormat::Text,
+            timestamps: std::env::var_os(handoff::OUTPUT_CAPTURED).is_none(),
+        },
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            // The one line a person reads. Every error's message already names its cause, so
-            // the source chain (`{:#}`) would only repeat it.
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::init(style);
+    let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Run(args) => supervisor::run(args)
+            .map(|stopped| match stopped.killed.is_empty() {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::from(EXIT_WORKERS_KILLED),
+            })
+            .map_err(Into::into),
+        Command::Worker => worker::run()
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
+    };
+    result.unwrap_or_else(|err| {
+        // The one line a person reads. Every error's message already names its cause, so the
+        // source chain (`{:#}`) would only repeat it.
+        telemetry::print_error(&format!("error: {err}"));
+        ExitCode::FAILURE
+    })
 }

@@ -3,6 +3,11 @@
 //! socket lives in the abstract namespace (`@cluster-<pid>-notify`), so there is no file to
 //! clean up, and SO_PASSCRED makes the kernel attach the sender's real pid to each message.
 //!
+//! Standard clients work: `systemd-notify --ready` follows `READY=1` with `BARRIER=1`, which
+//! carries a pipe descriptor and waits until the receiver closes it (systemd's answer to a
+//! barrier). The receive buffer has room for credentials plus the most descriptors one message
+//! can carry, and every received descriptor is closed at once, which answers the barrier.
+//!
 //! Both ends are here: [`NotifySocket`] receives in the supervisor, [`notify_ready`] sends from
 //! the demo worker. The sd-notify crate is not used for sending because its 0.5 release connects
 //! to `NOTIFY_SOCKET` as a file path only, without the `@` abstract form systemd defines.
@@ -11,7 +16,7 @@ use std::{
     ffi::OsStr,
     io::{self, IoSliceMut},
     os::{
-        fd::AsRawFd,
+        fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
         linux::net::SocketAddrExt as _,
         unix::{
             ffi::OsStrExt as _,
@@ -20,19 +25,29 @@ use std::{
     },
 };
 
-use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt::PassCred,
+use nix::{
+    sys::socket::{
+        ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt::PassCred,
+    },
+    unistd::{Pid, getpgid},
 };
 use tokio::{io::Interest, net::UnixDatagram};
 
 /// The variable naming the socket.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
+/// Most descriptors one `SCM_RIGHTS` message can carry (`SCM_MAX_FD` in include/net/scm.h).
+const SCM_MAX_FD: usize = 253;
+
 /// One datagram from a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
     /// The sender's pid, as the kernel saw it.
     pub pid: i32,
+    /// The sender's process group when the message was read, if it still existed. A worker is
+    /// the leader of its own group, so this matches a worker's pid for anything it started,
+    /// such as `systemd-notify` run by a non-root worker, which can only send its own pid.
+    pub group: Option<i32>,
     /// Whether it said `READY=1`.
     pub ready: bool,
 }
@@ -80,9 +95,12 @@ impl NotifySocket {
     }
 }
 
+/// Reads one datagram. Descriptors it carries are closed before anything else; a datagram or
+/// control data that did not fit is an error naming the sender.
 fn receive(socket: &UnixDatagram) -> io::Result<Option<Notification>> {
+    // sd_notify messages are at most 4096 bytes (systemd's NOTIFY_BUFFER_MAX).
     let mut buf = [0u8; 4096];
-    let mut cmsg = nix::cmsg_space!(UnixCredentials);
+    let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; SCM_MAX_FD]);
     let mut iov = [IoSliceMut::new(&mut buf)];
     let message = recvmsg::<()>(
         socket.as_raw_fd(),
@@ -90,14 +108,32 @@ fn receive(socket: &UnixDatagram) -> io::Result<Option<Notification>> {
         Some(&mut cmsg),
         MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
-    let pid = message.cmsgs()?.find_map(|c| match c {
-        ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
-        _ => None,
-    });
-    let len = message.bytes;
+    let (bytes, flags) = (message.bytes, message.flags);
+    let mut pid = None;
+    for control in message.cmsgs()? {
+        match control {
+            ControlMessageOwned::ScmCredentials(creds) => pid = Some(creds.pid()),
+            ControlMessageOwned::ScmRights(fds) => {
+                for fd in fds {
+                    // SAFETY: the kernel just installed this descriptor for us; nothing else
+                    // knows it. Dropping it closes it, which also answers a BARRIER=1.
+                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+            _ => {}
+        }
+    }
+    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
+        let sender = pid.map_or_else(|| "an unknown sender".to_owned(), |p| format!("pid {p}"));
+        return Err(io::Error::other(format!(
+            "a notification from {sender} did not fit the receive buffer (MSG_TRUNC or MSG_CTRUNC) and was dropped"
+        )));
+    }
+    let text = &buf[..bytes];
     Ok(pid.map(|pid| Notification {
         pid,
-        ready: says_ready(&buf[..len]),
+        group: getpgid(Some(Pid::from_raw(pid))).ok().map(Pid::as_raw),
+        ready: says_ready(text),
     }))
 }
 
@@ -155,9 +191,66 @@ mod tests {
                 got,
                 Notification {
                     pid: own,
+                    group: Some(nix::unistd::getpgrp().as_raw()),
                     ready: true
                 }
             );
+        });
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn test_socket(tag: &str) -> NotifySocket {
+        NotifySocket::bind_named(format!("cluster-test-{}-{tag}", std::process::id())).unwrap()
+    }
+
+    /// What `systemd-notify --ready` does after READY=1: send the write end of a pipe with
+    /// `BARRIER=1` and wait until the receiver has closed it.
+    #[test]
+    fn a_barrier_is_answered_by_closing_its_descriptor() {
+        use std::os::fd::AsFd as _;
+
+        use nix::sys::socket::{ControlMessage, sendmsg};
+        runtime().block_on(async {
+            let socket = test_socket("barrier");
+            let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+            let client = StdDatagram::unbound().unwrap();
+            let target =
+                SocketAddr::from_abstract_name(&socket.env_value().as_bytes()[1..]).unwrap();
+            client.connect_addr(&target).unwrap();
+            let fds = [write_end.as_raw_fd()];
+            sendmsg::<()>(
+                client.as_raw_fd(),
+                &[io::IoSlice::new(b"BARRIER=1\n")],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+            drop(write_end);
+            let got = socket.recv().await.unwrap();
+            assert!(!got.ready);
+            // Every write end is closed now: the client's poll for POLLHUP returns.
+            let mut byte = [0u8; 1];
+            assert_eq!(nix::unistd::read(read_end.as_fd(), &mut byte), Ok(0));
+        });
+    }
+
+    #[test]
+    fn a_truncated_notification_names_its_sender() {
+        runtime().block_on(async {
+            let socket = test_socket("trunc");
+            send(socket.env_value().as_bytes(), &[b'x'; 5000]).unwrap();
+            let err = socket.recv().await.unwrap_err();
+            let own = std::process::id();
+            assert!(err.to_string().contains(&format!("pid {own}")), "{err}");
+            send(socket.env_value().as_bytes(), b"READY=1").unwrap();
+            assert!(socket.recv().await.unwrap().ready, "the socket still works");
         });
     }
 }

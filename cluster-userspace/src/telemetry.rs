@@ -1,25 +1,167 @@
 //! Logging: one tracing subscriber for the supervisor and the demo workers, filtered by
-//! `RUST_LOG` (default `info`), written to stderr. Also receives the `log` records aya emits.
+//! `RUST_LOG` (default `info`), written to stderr as text or JSON. Also receives the `log`
+//! records aya emits.
+//!
+//! Writing the log never stops the process: when stderr's reader has gone (`cluster run | head`,
+//! a log shipper that restarts), a write fails with EPIPE, and the line is dropped and counted
+//! ([`dropped_lines`]) instead of ending the supervisor and with it the whole pool.
 
-use std::io::IsTerminal as _;
+use std::{
+    io::{self, IsTerminal as _, Write},
+    sync::atomic::{AtomicU64, Ordering},
+};
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+
+use crate::cli::LogFormat;
+
+/// Crates whose debug output is their own internals (aya logs every BTF fix-up and relocation).
+/// A bare `RUST_LOG=debug` means this project's debug output; these stay at `warn` unless
+/// `RUST_LOG` names them (`RUST_LOG=debug,aya=debug`).
+const QUIET_CRATES: [&str; 3] = ["aya", "aya_obj", "aya_log"];
+
+/// Log lines that could not be written since the process started.
+static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// How the log looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    pub format: LogFormat,
+    /// Whether each line starts with a timestamp. A demo worker whose output the supervisor
+    /// captures leaves it out: the supervisor's line carries one.
+    pub timestamps: bool,
+}
+
+impl Default for Style {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            timestamps: true,
+        }
+    }
+}
 
 /// Installs the subscriber. Call once, first thing in `main`.
-pub fn init() {
-    let (filter, bad_filter) = match EnvFilter::try_from_default_env() {
+pub fn init(style: Style) {
+    let requested = std::env::var("RUST_LOG").ok();
+    let (filter, bad_filter) = match EnvFilter::try_new(filter_directives(requested.as_deref())) {
         Ok(filter) => (filter, None),
         Err(err) => (
-            EnvFilter::new("info"),
-            std::env::var("RUST_LOG").ok().map(|v| (v, err)),
+            EnvFilter::new(filter_directives(None)),
+            requested.map(|value| (value, err)),
         ),
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(LogWriter)
+        .log_internal_errors(false);
+    match (style.format, style.timestamps) {
+        (LogFormat::Json, _) => builder.json().init(),
+        (LogFormat::Text, true) => builder.with_ansi(io::stderr().is_terminal()).init(),
+        (LogFormat::Text, false) => builder
+            .without_time()
+            .with_target(false)
+            .with_ansi(false)
+            .init(),
+    }
     if let Some((value, err)) = bad_filter {
         tracing::warn!(rust_log = %value, error = %err, "ignoring invalid RUST_LOG, logging at info");
+    }
+}
+
+/// The filter for a `RUST_LOG` value: the value itself (default `info`), plus `warn` for each of
+/// [`QUIET_CRATES`] it does not name.
+fn filter_directives(rust_log: Option<&str>) -> String {
+    let mut directives = rust_log
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or("info")
+        .to_owned();
+    for krate in QUIET_CRATES {
+        let named = directives.split(',').any(|d| {
+            d.split('=').next().is_some_and(|target| {
+                target.trim() == krate || target.trim().starts_with(&format!("{krate}::"))
+            })
+        });
+        if !named {
+            directives.push_str(&format!(",{krate}=warn"));
+        }
+    }
+    directives
+}
+
+/// How many log lines could not be written (stderr closed or failing) since the start.
+#[must_use]
+pub fn dropped_lines() -> u64 {
+    DROPPED_LINES.load(Ordering::Relaxed)
+}
+
+/// stderr, with every write error swallowed and counted. tracing-subscriber writes one event per
+/// `write_all`, so one error is one dropped line.
+#[derive(Debug, Clone, Copy)]
+struct LogWriter;
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        *self
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if io::stderr().lock().write_all(buf).is_err() {
+            DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes `line` to stderr for a person to read, ignoring a closed stderr: the last words of a
+/// process (its exit error) must not turn into a panic.
+pub fn print_error(line: &str) {
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_levels_keep_aya_quiet() {
+        assert_eq!(
+            filter_directives(Some("debug")),
+            "debug,aya=warn,aya_obj=warn,aya_log=warn"
+        );
+        assert_eq!(
+            filter_directives(None),
+            "info,aya=warn,aya_obj=warn,aya_log=warn"
+        );
+        assert_eq!(
+            filter_directives(Some("  ")),
+            "info,aya=warn,aya_obj=warn,aya_log=warn"
+        );
+    }
+
+    #[test]
+    fn named_crates_are_left_as_asked() {
+        assert_eq!(
+            filter_directives(Some("debug,aya=debug")),
+            "debug,aya=debug,aya_obj=warn,aya_log=warn"
+        );
+        assert_eq!(
+            filter_directives(Some("aya_obj::relocation=trace")),
+            "aya_obj::relocation=trace,aya=warn,aya_log=warn"
+        );
+        assert!(EnvFilter::try_new(filter_directives(Some("info,cluster=debug"))).is_ok());
     }
 }

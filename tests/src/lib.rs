@@ -9,10 +9,14 @@ use std::{
     collections::BTreeMap,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
-    os::unix::process::CommandExt as _,
-    path::PathBuf,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -47,6 +51,90 @@ pub fn cluster_binary() -> PathBuf {
     );
     bin
 }
+
+/// A copy of the `cluster` binary in a fresh directory every user may enter, removed when
+/// dropped. Tests that run it as another user use it, so that they pass wherever the checkout
+/// lives: a clone under `/root` or in a 0700 temporary directory is closed to other users.
+#[derive(Debug)]
+pub struct SharedBinary {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl SharedBinary {
+    /// Copies the binary under test.
+    #[must_use]
+    pub fn new() -> Self {
+        static COPIES: AtomicU32 = AtomicU32::new(0);
+        let n = COPIES.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cluster-test-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir).expect("create a directory for the shared binary");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("cluster");
+        std::fs::copy(cluster_binary(), &path).expect("copy the cluster binary");
+        Self { dir, path }
+    }
+
+    /// The copy's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `cluster ARGS`, run from the copy.
+    #[must_use]
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.path);
+        command.args(args);
+        command
+    }
+
+    /// `cluster run --listen 127.0.0.1:0 ARGS`, run from the copy.
+    #[must_use]
+    pub fn run(&self, args: &[&str]) -> Command {
+        let mut command = self.command(&["run", "--listen", "127.0.0.1:0"]);
+        command.args(args);
+        command
+    }
+}
+
+impl Default for SharedBinary {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SharedBinary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A server that knows nothing of `cluster`: it takes fd 3 as sd_listen_fds(3) describes,
+/// checks the variables, and answers each connection with its slot and pid. Given the argument
+/// `notify`, it reports readiness as sd_notify(3) describes (`@` is the abstract namespace).
+pub const PYTHON_SERVER: &str = r#"
+import os, socket, sys
+assert os.environ["LISTEN_FDS"] == "1", os.environ.get("LISTEN_FDS")
+assert os.environ["LISTEN_PID"] == str(os.getpid()), (os.environ["LISTEN_PID"], os.getpid())
+assert os.environ["LISTEN_FDNAMES"] == "cluster"
+slot = os.environ["CLUSTER_WORKER_ID"]
+listener = socket.socket(fileno=3)
+assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+if sys.argv[1:] == ["notify"]:
+    target = os.environ["NOTIFY_SOCKET"]
+    if target.startswith("@"):
+        target = "\0" + target[1:]
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1\n", target)
+while True:
+    conn, _ = listener.accept()
+    conn.recv(65536)
+    body = "Handled by process %d (worker %s)\n" % (os.getpid(), slot)
+    head = "HTTP/1.1 200 OK\r\nx-worker-slot: %s\r\nx-worker-pid: %d\r\n" % (slot, os.getpid())
+    head += "content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    conn.sendall((head + body).encode())
+    conn.close()
+"#;
 
 /// Fails the test unless it runs as root: loading the program needs CAP_BPF and CAP_PERFMON.
 pub fn require_root() {
@@ -94,10 +182,13 @@ impl Cluster {
     }
 
     /// Starts a prepared `cluster` command without waiting for anything; `addr` is unknown.
+    /// The log level is `info` unless the command sets `RUST_LOG` itself.
     #[must_use]
     pub fn spawn_command(mut command: Command) -> Self {
+        if !command.get_envs().any(|(key, _)| key == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
         let mut child = command
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -198,10 +289,22 @@ impl Cluster {
     }
 
     /// Sends SIGTERM and waits for the supervisor to exit; returns its status and full log.
-    pub fn stop(mut self) -> (ExitStatus, String) {
-        let status = self.stop_with(Signal::SIGTERM);
+    pub fn stop(self) -> (ExitStatus, String) {
+        self.stop_by(Signal::SIGTERM)
+    }
+
+    /// Sends `signal` and waits for the supervisor to exit; returns its status and full log.
+    pub fn stop_by(mut self, signal: Signal) -> (ExitStatus, String) {
+        let status = self.stop_with(signal);
         self.wait_for_log_end();
         (status, self.log())
+    }
+
+    /// Whether the supervisor is still running (and not a zombie).
+    #[must_use]
+    pub fn is_running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("running");
+        child.try_wait().expect("wait for cluster").is_none()
     }
 
     /// Waits until the log reader has read the last line (at most 10 s: a worker that outlived
@@ -309,17 +412,28 @@ pub fn as_nobody(command: &mut Command) -> &mut Command {
 /// Makes `command` see a kernel without the bpf(2) syscall (as one built without
 /// CONFIG_BPF_SYSCALL): a seccomp filter answers every bpf(2) call with ENOSYS.
 pub fn without_bpf_syscall(command: &mut Command) -> &mut Command {
+    deny_syscall(
+        command,
+        u32::try_from(libc::SYS_bpf).unwrap_or(0),
+        None,
+        libc::ENOSYS,
+    )
+}
+
+/// Installs a seccomp filter in `command` (before exec) that fails syscall `nr` with `errno`;
+/// with `arg = Some((offset, value))`, only when the 32-bit word at that offset of
+/// `seccomp_data` equals `value`.
+fn deny_syscall(
+    command: &mut Command,
+    nr: u32,
+    arg: Option<(u32, u32)>,
+    errno: i32,
+) -> &mut Command {
     // SAFETY: only async-signal-safe syscalls between fork and exec; the filter is on the stack.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-            let stmt = |code: u32, k: u32| libc::sock_filter {
-                code: u16::try_from(code).unwrap_or(0),
-                jt: 0,
-                jf: 0,
-                k,
-            };
-            let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+            let op = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
                 code: u16::try_from(code).unwrap_or(0),
                 jt,
                 jf,
@@ -328,22 +442,32 @@ pub fn without_bpf_syscall(command: &mut Command) -> &mut Command {
             let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
             let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
             let ret = libc::BPF_RET | libc::BPF_K;
-            // seccomp_data: nr at offset 0, arch at offset 4.
-            let mut filter = [
-                stmt(ld, 4),
-                jump(jeq, AUDIT_ARCH_X86_64, 1, 0),
-                stmt(ret, libc::SECCOMP_RET_ALLOW),
-                stmt(ld, 0),
-                jump(jeq, u32::try_from(libc::SYS_bpf).unwrap_or(0), 0, 1),
-                stmt(
-                    ret,
-                    libc::SECCOMP_RET_ERRNO | u32::try_from(libc::ENOSYS).unwrap_or(0),
-                ),
-                stmt(ret, libc::SECCOMP_RET_ALLOW),
+            let allow = op(ret, libc::SECCOMP_RET_ALLOW, 0, 0);
+            let deny = op(
+                ret,
+                libc::SECCOMP_RET_ERRNO | u32::try_from(errno).unwrap_or(0),
+                0,
+                0,
+            );
+            // Without an argument test, the argument jump goes to `deny` on a hit and a miss.
+            let (arg_offset, arg_value, arg_miss) = match arg {
+                Some((offset, value)) => (offset, value, 1),
+                None => (0, 0, 0),
+            };
+            let filter = [
+                op(ld, 4, 0, 0),
+                op(jeq, AUDIT_ARCH_X86_64, 1, 0),
+                allow,
+                op(ld, 0, 0, 0),
+                op(jeq, nr, 0, 3),
+                op(ld, arg_offset, 0, 0),
+                op(jeq, arg_value, 0, arg_miss),
+                deny,
+                allow,
             ];
             let program = libc::sock_fprog {
                 len: u16::try_from(filter.len()).unwrap_or(0),
-                filter: filter.as_mut_ptr(),
+                filter: filter.as_ptr().cast_mut(),
             };
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
                 || libc::prctl(
@@ -357,6 +481,15 @@ pub fn without_bpf_syscall(command: &mut Command) -> &mut Command {
             Ok(())
         })
     }
+}
+
+/// Makes `command` see a kernel without IPv6 (booted with `ipv6.disable=1`): a seccomp filter
+/// answers socket(AF_INET6, …) with EAFNOSUPPORT.
+pub fn without_ipv6(command: &mut Command) -> &mut Command {
+    let nr = u32::try_from(libc::SYS_socket).unwrap_or(0);
+    let family = u32::try_from(libc::AF_INET6).unwrap_or(0);
+    // seccomp_data: nr at offset 0, arch at 4, args[0] (low 32 bits on little-endian) at 16.
+    deny_syscall(command, nr, Some((16, family)), libc::EAFNOSUPPORT)
 }
 
 /// Restricts `command` to CPU 0, as `taskset -c 0` would.

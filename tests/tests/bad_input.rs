@@ -4,7 +4,8 @@
 use std::{net::TcpListener, process::Command};
 
 use cluster_tests::{
-    as_nobody, cluster_command, cluster_run, require_root, run_to_exit, without_bpf_syscall,
+    SharedBinary, as_nobody, cluster_command, cluster_run, require_root, run_to_exit,
+    without_bpf_syscall,
 };
 
 /// Runs the command, expects `code`, and returns the `error:` line, asserting it is the only
@@ -41,9 +42,36 @@ fn zero_workers() {
 fn non_numeric_workers() {
     let error = expect_error(cluster_command(&["run", "--workers", "abc"]), 2);
     assert!(
-        error.contains("whole number of workers, or `max`"),
+        error.contains("whole number of workers, `max`, or `-N`"),
         "{error}"
     );
+}
+
+#[test]
+fn ipv6_address_without_brackets() {
+    let error = expect_error(cluster_command(&["run", "--listen", "::1:8080"]), 2);
+    assert!(error.contains("in brackets, as in [::1]:8080"), "{error}");
+}
+
+#[test]
+fn listen_name_that_does_not_resolve() {
+    let error = expect_runtime_error(cluster_command(&[
+        "run",
+        "--listen",
+        "no-such-host.invalid:8080",
+        "--steering",
+        "hash",
+    ]));
+    assert!(
+        error.contains("cannot resolve `no-such-host.invalid` for --listen"),
+        "{error}"
+    );
+}
+
+#[test]
+fn unknown_log_format() {
+    let error = expect_error(cluster_command(&["run", "--log-format", "xml"]), 2);
+    assert!(error.contains("xml"), "{error}");
 }
 
 #[test]
@@ -113,7 +141,8 @@ fn missing_command() {
 #[test]
 fn too_little_privilege_names_what_is_missing() {
     require_root();
-    let mut command = cluster_run(&["--workers", "1"]);
+    let binary = SharedBinary::new();
+    let mut command = binary.run(&["--workers", "1"]);
     as_nobody(&mut command);
     let error = expect_runtime_error(command);
     assert!(

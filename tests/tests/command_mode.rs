@@ -4,34 +4,9 @@
 use std::time::Duration;
 
 use cluster_tests::{
-    Cluster, assert_exact_rotation, cluster_run, ready_line, require_root, steering_stats, tally,
+    Cluster, PYTHON_SERVER, assert_exact_rotation, cluster_run, ready_line, require_root,
+    steering_stats, tally,
 };
-
-/// A server that knows nothing of `cluster`: it takes fd 3 as sd_listen_fds(3) describes,
-/// checks the variables, and answers each connection with its slot and pid. Given the argument
-/// `notify`, it reports readiness as sd_notify(3) describes (`@` is the abstract namespace).
-const PYTHON_SERVER: &str = r#"
-import os, socket, sys
-assert os.environ["LISTEN_FDS"] == "1", os.environ.get("LISTEN_FDS")
-assert os.environ["LISTEN_PID"] == str(os.getpid()), (os.environ["LISTEN_PID"], os.getpid())
-assert os.environ["LISTEN_FDNAMES"] == "cluster"
-slot = os.environ["CLUSTER_WORKER_ID"]
-listener = socket.socket(fileno=3)
-assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
-if sys.argv[1:] == ["notify"]:
-    target = os.environ["NOTIFY_SOCKET"]
-    if target.startswith("@"):
-        target = "\0" + target[1:]
-    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1\n", target)
-while True:
-    conn, _ = listener.accept()
-    conn.recv(65536)
-    body = "Handled by process %d (worker %s)\n" % (os.getpid(), slot)
-    head = "HTTP/1.1 200 OK\r\nx-worker-slot: %s\r\nx-worker-pid: %d\r\n" % (slot, os.getpid())
-    head += "content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-    conn.sendall((head + body).encode())
-    conn.close()
-"#;
 
 #[test]
 fn a_python_server_on_fd_3_is_balanced_like_the_demo() {

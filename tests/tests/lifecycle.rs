@@ -1,13 +1,10 @@
 //! The pool's life: workers own their sockets (the supervisor keeps no copy), SIGTERM and SIGINT
-//! stop everything, killing the supervisor leaves no orphan, hash and shared modes run
-//! unprivileged, `--workers max` counts the CPUs this process may use, and a worker that keeps
-//! crashing is restarted with growing delays.
+//! stop everything, killing the supervisor leaves no orphan, `--workers max` counts the CPUs
+//! this process may use, and a worker that keeps crashing is restarted with growing delays.
 
-use std::{collections::BTreeSet, fs, process::Command, time::Duration};
+use std::{collections::BTreeSet, fs, time::Duration};
 
-use cluster_tests::{
-    Cluster, all_gone, as_nobody, cluster_run, field, get, on_one_cpu, ready_line, require_root,
-};
+use cluster_tests::{Cluster, all_gone, cluster_run, field, on_one_cpu, ready_line, require_root};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -149,35 +146,4 @@ fn a_crashing_worker_is_restarted_with_growing_delays() {
         status.success(),
         "the supervisor must survive a crash loop\n{log}"
     );
-}
-
-#[test]
-fn hash_and_shared_modes_need_no_privileges() {
-    require_root(); // to become `nobody`
-    for mode in ["hash", "shared"] {
-        let mut command = cluster_run(&["--workers", "2", "--steering", mode]);
-        as_nobody(&mut command);
-        let cluster = Cluster::start_command(command);
-        let reply = get(cluster.addr(), "/", None).expect("a pool run by nobody serves");
-        assert_eq!(reply.status, 200, "{mode}");
-        let (status, log) = cluster.stop();
-        assert!(status.success(), "{mode}: {log}");
-    }
-}
-
-#[test]
-fn cap_bpf_and_cap_perfmon_are_enough_for_the_program() {
-    require_root(); // to hand out capabilities
-    let mut command = Command::new("setpriv");
-    command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args([
-            "--inh-caps=-all,+bpf,+perfmon",
-            "--ambient-caps=-all,+bpf,+perfmon",
-        ])
-        .arg(cluster_tests::cluster_binary())
-        .args(["run", "--listen", "127.0.0.1:0", "--workers", "2"]);
-    let cluster = Cluster::start_command(command);
-    let counts = cluster_tests::tally(cluster.addr(), "/", 100, 2);
-    cluster_tests::assert_exact_rotation(&counts, 2);
 }

@@ -172,8 +172,10 @@ impl Tasks {
         )
     }
 
-    /// Builds the `cluster` binary the integration tests start, then runs every test.
+    /// Installs the programs the tests use, builds the `cluster` binary the integration tests
+    /// start, then runs every test.
     fn test(&self, args: &[OsString]) -> Result<()> {
+        setup::ensure_test_tools()?;
         self.build_cluster("dev")?;
         setup::run(self.cargo("test").args(HOST_CRATES).args(args))
     }

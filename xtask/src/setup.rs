@@ -193,6 +193,51 @@ fn cache_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/cluster"))
 }
 
+/// Programs the integration tests run, with the Debian package of each.
+const TEST_TOOLS: [(&str, &str); 4] = [
+    ("ip", "iproute2"),
+    ("setcap", "libcap2-bin"),
+    ("setpriv", "util-linux"),
+    ("systemd-notify", "systemd"),
+];
+
+/// Installs the programs the integration tests need, with apt-get, when some are missing and
+/// this runs as root; otherwise says which packages to install. The tests themselves install
+/// nothing, and fail naming what is missing.
+pub fn ensure_test_tools() -> Result<()> {
+    let missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = capture(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0");
+    if !root || !on_path("apt-get") {
+        eprintln!(
+            "test: missing packages {}: install them (as root `cargo xtask test` does with apt-get)",
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    eprintln!("test: installing {} with apt-get", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| format!("installing {} failed", missing.join(" ")))
+}
+
+/// Whether `program` is on PATH or in the sbin directories root has on PATH.
+fn on_path(program: &str) -> bool {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .any(|dir| dir.join(program).is_file())
+}
+
 /// Runs a command with inherited output; fails on a non-zero exit.
 pub fn run(command: &mut Command) -> Result<()> {
     let status = command

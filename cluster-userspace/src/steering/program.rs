@@ -259,9 +259,17 @@ where
     M::try_from(map).map_err(|e| other("opening a steering map", &e))
 }
 
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it. Best effort:
-/// if raising fails, loading reports the real error.
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones charge it to the memory
+/// cgroup and ignore the limit (commit 97306be45fbe, "bpf: switch to memcg-based memory
+/// accounting"), so nothing is done or logged there. Best effort on older kernels: if raising
+/// fails, loading reports the real error.
 fn raise_memlock_limit() {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !charges_memlock(&release) {
+        return;
+    }
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
@@ -270,6 +278,18 @@ fn raise_memlock_limit() {
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
     if rc != 0 {
         tracing::debug!(error = %io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+/// Whether a kernel of this release (`uname -r`) charges BPF memory to RLIMIT_MEMLOCK: before
+/// 5.11, or when the release cannot be read.
+fn charges_memlock(release: &str) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) < (5, 11),
+        _ => true,
     }
 }
 
@@ -307,5 +327,19 @@ fn missing(name: &str) -> ProgramError {
     ProgramError::Other {
         op: "reading the embedded eBPF object",
         detail: format!("it has no `{name}`; rebuild with `cargo xtask build`"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memlock_matters_before_5_11_only() {
+        assert!(charges_memlock("5.10.0-28-amd64"));
+        assert!(charges_memlock("4.19.0"));
+        assert!(!charges_memlock("5.11.0"));
+        assert!(!charges_memlock("6.18.44-fc-v782"));
+        assert!(charges_memlock("garbage"));
     }
 }

@@ -1,13 +1,15 @@
 //! The supervisor: starts one worker per slot, restarts the ones that exit (with backoff when
-//! they keep failing), and stops them all on SIGINT/SIGTERM.
+//! they keep failing), logs what they print, and stops them all on SIGTERM, SIGINT or SIGQUIT.
 //!
-//! One event loop on one thread, joined by signals, readiness notifications and timers (restarts,
-//! readiness deadlines); later inputs (a control socket, reload requests) join the same
-//! `select!`. Single-threaded on purpose: fork is only
-//! safe in a process without other threads, and PR_SET_PDEATHSIG fires when the *thread* that
-//! forked exits.
+//! One event loop on one thread, joined by signals ([`signals`]), readiness notifications and
+//! timers (restarts, readiness deadlines); later inputs (a control socket) join the same
+//! `select!`. Single-threaded on purpose: fork is only safe in a process without other threads,
+//! PR_SET_PDEATHSIG fires when the *thread* that forked exits, and signalfd needs the signals
+//! blocked on every thread.
 
 pub mod backoff;
+pub mod output;
+pub mod signals;
 pub mod spawn;
 
 use std::{
@@ -20,20 +22,22 @@ use std::{
 use nix::{
     errno::Errno,
     sys::{
-        signal::{Signal, kill, killpg},
+        signal::{SigHandler, Signal, kill, killpg},
         wait::{WaitPidFlag, WaitStatus, waitpid},
     },
     unistd::Pid,
 };
 use socket2::Socket;
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    task::JoinSet,
     time::{Instant, sleep_until},
 };
 use tracing::{error, info, warn};
 
 use self::{
     backoff::{Backoff, RestartPolicy},
+    output::WorkerPipes,
+    signals::{Received, SignalAction, Signals},
     spawn::{Handoff, SpawnError, WorkerProgram},
 };
 use crate::{
@@ -42,10 +46,14 @@ use crate::{
     listener::{self, ListenError, Sharing},
     notify::{Notification, NotifySocket},
     steering::{ProgramError, Steering},
+    telemetry,
 };
 
 /// The name workers see in `LISTEN_FDNAMES`.
 const FD_NAME: &str = "cluster";
+/// How long the supervisor waits for workers to be reaped after it sent them SIGKILL. A process
+/// in uninterruptible sleep can outlast any SIGKILL; the supervisor then exits without it.
+const REAP_AFTER_KILL: Duration = Duration::from_secs(5);
 
 /// Why the supervisor could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +83,17 @@ pub struct Options {
     pub shutdown_timeout: Duration,
     pub program: WorkerProgram,
     pub readiness: Readiness,
+    /// Capture each worker's stdout and stderr and log them line by line (not
+    /// `--log-passthrough`).
+    pub capture_output: bool,
+}
+
+/// How the pool ended, when it was asked to stop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Workers that had to be killed: they outlived `--shutdown-timeout` after SIGTERM, or a
+    /// second stop signal cut the stop short.
+    pub killed: Vec<Pid>,
 }
 
 /// When a started worker counts as serving, and its socket joins the selection.
@@ -88,7 +107,16 @@ pub enum Readiness {
 }
 
 /// `cluster run`: validates the options, sets up the steering, and supervises until stopped.
-pub fn run(args: RunArgs) -> Result<(), SupervisorError> {
+pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
+    // Writes to a closed pipe fail with EPIPE instead of killing the supervisor. Rust's runtime
+    // already ignores SIGPIPE; this states it where it matters. Workers get the default back.
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map_err(|e| {
+        SupervisorError::Os {
+            op: "ignoring SIGPIPE",
+            source: e.into(),
+        }
+    })?;
     let notified = Readiness::Notified {
         timeout: Duration::from_secs(args.ready_timeout),
     };
@@ -103,7 +131,7 @@ pub fn run(args: RunArgs) -> Result<(), SupervisorError> {
         (WorkerProgram::command(&args.command)?, readiness)
     };
     let slots = args.workers.resolve(cpus::usable());
-    let addr = listener::reserve(args.listen)?;
+    let addr = listener::reserve(listener::resolve(&args.listen)?)?;
     let steering = Steering::new(args.steering, slots)?;
     let options = Options {
         addr,
@@ -113,6 +141,7 @@ pub fn run(args: RunArgs) -> Result<(), SupervisorError> {
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         program,
         readiness,
+        capture_output: !args.log_passthrough,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -121,7 +150,14 @@ pub fn run(args: RunArgs) -> Result<(), SupervisorError> {
             op: "starting the event loop",
             source,
         })?;
-    runtime.block_on(async { Supervisor::new(options, steering)?.run().await })
+    runtime.block_on(async {
+        // First: from here on no handled signal can end the process, and none is lost.
+        let signals = Signals::new().map_err(|source| SupervisorError::Os {
+            op: "setting up signal handling (signalfd)",
+            source,
+        })?;
+        Supervisor::new(options, steering)?.run(signals).await
+    })
 }
 
 /// What one slot is doing.
@@ -136,6 +172,7 @@ enum SlotState {
         pid: Pid,
         socket: Option<Socket>,
         ready_by: Option<Instant>,
+        started: Instant,
     },
     /// A worker serves.
     Running { pid: Pid, started: Instant },
@@ -147,6 +184,24 @@ impl SlotState {
     fn pid(&self) -> Option<Pid> {
         match self {
             Self::Starting { pid, .. } | Self::Running { pid, .. } => Some(*pid),
+            Self::Idle { .. } | Self::Stopped => None,
+        }
+    }
+
+    /// The phase as `status` shows it.
+    fn phase(&self) -> &'static str {
+        match self {
+            Self::Idle { .. } => "restarting",
+            Self::Starting { .. } => "starting",
+            Self::Running { .. } => "serving",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    /// When the current worker was started.
+    fn started(&self) -> Option<Instant> {
+        match self {
+            Self::Starting { started, .. } | Self::Running { started, .. } => Some(*started),
             Self::Idle { .. } | Self::Stopped => None,
         }
     }
@@ -165,6 +220,10 @@ impl SlotState {
 struct Slot {
     state: SlotState,
     backoff: Backoff,
+    /// Workers started in this slot after the first.
+    restarts: u32,
+    /// Whether a worker was ever started in this slot.
+    ever_started: bool,
 }
 
 #[derive(Debug)]
@@ -177,6 +236,8 @@ struct Supervisor {
     slots: Vec<Slot>,
     policy: RestartPolicy,
     announced_ready: bool,
+    /// The tasks logging the workers' output.
+    output: JoinSet<()>,
 }
 
 impl Supervisor {
@@ -198,6 +259,8 @@ impl Supervisor {
             .map(|_| Slot {
                 state: SlotState::Idle { start_at: now },
                 backoff: Backoff::default(),
+                restarts: 0,
+                ever_started: false,
             })
             .collect();
         Ok(Self {
@@ -208,47 +271,54 @@ impl Supervisor {
             slots,
             policy: RestartPolicy::default(),
             announced_ready: false,
+            output: JoinSet::new(),
         })
     }
 
-    async fn run(mut self) -> Result<(), SupervisorError> {
-        let signal_stream = |kind: SignalKind, name: &'static str| {
-            signal(kind).map_err(|source| SupervisorError::Os { op: name, source })
-        };
-        // SIGCHLD first: a worker that dies at once must not go unnoticed.
-        let mut sigchld = signal_stream(SignalKind::child(), "handling SIGCHLD")?;
-        let mut sigterm = signal_stream(SignalKind::terminate(), "handling SIGTERM")?;
-        let mut sigint = signal_stream(SignalKind::interrupt(), "handling SIGINT")?;
-
+    async fn run(mut self, signals: Signals) -> Result<Stopped, SupervisorError> {
         if let Err(err) = self.start_initial_workers() {
-            self.stop_workers(&mut sigchld).await;
+            self.stop_workers(&signals).await;
             return Err(err);
         }
-        loop {
+        let failure = loop {
             self.announce_ready();
             let next_deadline = self.next_deadline();
             tokio::select! {
-                _ = sigchld.recv() => self.reap(),
+                received = signals.recv() => match received {
+                    Ok(received) if self.signalled(received) => break None,
+                    Ok(_) => {}
+                    Err(source) => break Some(SupervisorError::Os { op: "reading signals (signalfd)", source }),
+                },
                 notification = self.notify.recv() => match notification {
                     Ok(notification) => self.notified(&notification),
                     Err(err) => warn!(error = %err, "reading a readiness notification failed"),
                 },
-                _ = sigterm.recv() => {
-                    info!("SIGTERM received; stopping workers");
-                    break;
-                }
-                _ = sigint.recv() => {
-                    info!("SIGINT received; stopping workers");
-                    break;
-                }
                 () = sleep_until(next_deadline.unwrap_or_else(Instant::now)), if next_deadline.is_some() => {}
             }
             self.start_due_workers();
             self.kill_workers_not_ready_in_time();
-        }
-        self.stop_workers(&mut sigchld).await;
+        };
+        let stopped = self.stop_workers(&signals).await;
+        output::drain(&mut self.output).await;
         self.log_counters();
-        Ok(())
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(stopped),
+        }
+    }
+
+    /// Acts on a signal; returns whether it asks the pool to stop.
+    fn signalled(&mut self, received: Received) -> bool {
+        match signals::action(received.signal) {
+            Some(SignalAction::Reap) => self.reap(),
+            Some(SignalAction::Stop) => {
+                info!(signal = %received.name(), sender = received.sender, "stopping workers");
+                return true;
+            }
+            Some(SignalAction::Status) => self.log_status(),
+            other => log_ignored(received, other),
+        }
+        false
     }
 
     /// Starts every slot. A socket or attach failure here is fatal (the address or the program
@@ -292,6 +362,14 @@ impl Supervisor {
             }
         };
         let notify_socket = self.notify.env_value();
+        let pipes = if self.options.capture_output {
+            Some(WorkerPipes::new().map_err(|source| SupervisorError::Os {
+                op: "creating the pipes for a worker's output",
+                source,
+            })?)
+        } else {
+            None
+        };
         let listener =
             worker_socket(own_socket.as_ref(), self.shared.as_ref()).ok_or_else(|| {
                 SupervisorError::Os {
@@ -304,17 +382,28 @@ impl Supervisor {
             listener,
             fd_name: FD_NAME,
             notify_socket: &notify_socket,
+            output: pipes.as_ref().map(WorkerPipes::child_ends),
         };
         let pid = spawn::spawn(&self.options.program, &handoff)?;
         info!(slot, pid = pid.as_raw(), "worker started");
+        if let Some(pipes) = pipes {
+            pipes.forward(slot, pid, &mut self.output);
+        }
+        let now = Instant::now();
         let ready_by = match self.options.readiness {
             Readiness::Started => None,
-            Readiness::Notified { timeout } => Some(Instant::now() + timeout),
+            Readiness::Notified { timeout } => Some(now + timeout),
         };
-        self.slots[slot as usize].state = SlotState::Starting {
+        let entry = &mut self.slots[slot as usize];
+        if entry.ever_started {
+            entry.restarts += 1;
+        }
+        entry.ever_started = true;
+        entry.state = SlotState::Starting {
             pid,
             socket: own_socket,
             ready_by,
+            started: now,
         };
         if self.options.readiness == Readiness::Started {
             self.worker_ready(slot);
@@ -322,16 +411,19 @@ impl Supervisor {
         Ok(())
     }
 
-    /// A notification arrived: if it is `READY=1` from a starting worker, that worker serves.
+    /// A notification arrived: if it is `READY=1` from a starting worker, or from a process in
+    /// its process group (`sh -c 'systemd-notify --ready; …'`), that worker serves.
     fn notified(&mut self, notification: &Notification) {
         if !notification.ready {
             return;
         }
-        let pid = Pid::from_raw(notification.pid);
+        let from = |worker: Pid| {
+            notification.pid == worker.as_raw() || notification.group == Some(worker.as_raw())
+        };
         let starting = (0u32..)
             .zip(&self.slots)
             .find_map(|(slot, s)| match s.state {
-                SlotState::Starting { pid: p, .. } if p == pid => Some(slot),
+                SlotState::Starting { pid, .. } if from(pid) => Some(slot),
                 _ => None,
             });
         if let Some(slot) = starting {
@@ -413,6 +505,8 @@ impl Supervisor {
         for (pid, status) in exited_children() {
             self.worker_exited(pid, status);
         }
+        // Forget the output tasks of workers whose pipes have closed.
+        while self.output.try_join_next().is_some() {}
     }
 
     fn worker_exited(&mut self, pid: Pid, status: WaitStatus) {
@@ -456,8 +550,9 @@ impl Supervisor {
     }
 
     /// SIGTERM to every worker's process group, then SIGKILL to those still there after the
-    /// shutdown timeout. Returns when every worker has been reaped.
-    async fn stop_workers(&mut self, sigchld: &mut tokio::signal::unix::Signal) {
+    /// shutdown timeout, or at once on a second stop signal. Returns when every worker has been
+    /// reaped (or could not be, [`REAP_AFTER_KILL`] after its SIGKILL), with the workers killed.
+    async fn stop_workers(&mut self, signals: &Signals) -> Stopped {
         for slot in &mut self.slots {
             if matches!(slot.state, SlotState::Idle { .. }) {
                 slot.state = SlotState::Stopped;
@@ -466,34 +561,73 @@ impl Supervisor {
         for pid in self.worker_pids() {
             signal_group(pid, Signal::SIGTERM);
         }
-        let deadline = Instant::now() + self.options.shutdown_timeout;
-        while !self.worker_pids().is_empty() && Instant::now() < deadline {
+        let mut stopped = Stopped::default();
+        let mut deadline = Instant::now() + self.options.shutdown_timeout;
+        while !self.worker_pids().is_empty() {
             tokio::select! {
-                _ = sigchld.recv() => self.reap_stopping(),
-                () = sleep_until(deadline) => {}
+                received = signals.recv() => match received {
+                    Ok(received) => match signals::action(received.signal) {
+                        Some(SignalAction::Reap) => self.reap_stopping(),
+                        Some(SignalAction::Stop) if stopped.killed.is_empty() => {
+                            warn!(signal = %received.name(), sender = received.sender,
+                                  "second stop signal; killing the workers still running");
+                            stopped.killed = self.kill_remaining();
+                            deadline = Instant::now() + REAP_AFTER_KILL;
+                        }
+                        Some(SignalAction::Status) => self.log_status(),
+                        other => log_ignored(received, other),
+                    },
+                    Err(err) => {
+                        error!(error = %err, "reading signals failed while stopping; killing the workers still running");
+                        stopped.killed = self.kill_remaining();
+                        break;
+                    }
+                },
+                () = sleep_until(deadline) => {
+                    if !stopped.killed.is_empty() {
+                        let left: Vec<i32> = self.worker_pids().iter().map(|p| p.as_raw()).collect();
+                        error!(pids = ?left, "workers still not reaped after SIGKILL; exiting without them");
+                        break;
+                    }
+                    warn!(timeout_s = self.options.shutdown_timeout.as_secs(),
+                          "workers did not exit in time after SIGTERM; killing them");
+                    stopped.killed = self.kill_remaining();
+                    deadline = Instant::now() + REAP_AFTER_KILL;
+                }
             }
         }
-        let stragglers = self.worker_pids();
-        if !stragglers.is_empty() {
-            warn!(
-                count = stragglers.len(),
-                timeout_s = self.options.shutdown_timeout.as_secs(),
-                "workers did not exit after SIGTERM; killing them"
-            );
-            for pid in &stragglers {
-                signal_group(*pid, Signal::SIGKILL);
-            }
-            for pid in stragglers {
-                let _ = waitpid(pid, None);
-                self.forget(pid);
+        if stopped.killed.is_empty() {
+            info!("all workers stopped");
+        } else {
+            let pids: Vec<i32> = stopped.killed.iter().map(|p| p.as_raw()).collect();
+            warn!(killed = ?pids, "all workers stopped; some had to be killed");
+        }
+        stopped
+    }
+
+    /// SIGKILL to every worker still there, each named in the log; returns their pids.
+    fn kill_remaining(&self) -> Vec<Pid> {
+        let mut killed = Vec::new();
+        for (slot, entry) in (0u32..).zip(&self.slots) {
+            if let Some(pid) = entry.state.pid() {
+                warn!(
+                    slot,
+                    pid = pid.as_raw(),
+                    "worker did not stop in time; killing it"
+                );
+                signal_group(pid, Signal::SIGKILL);
+                killed.push(pid);
             }
         }
-        info!("all workers stopped");
+        killed
     }
 
     /// Reaps during shutdown: no restarts.
     fn reap_stopping(&mut self) {
-        for (pid, _) in exited_children() {
+        for (pid, status) in exited_children() {
+            if let Some(slot) = self.slot_of(pid) {
+                info!(slot, pid = pid.as_raw(), status = %ExitDescription(status), "worker exited");
+            }
             self.forget(pid);
         }
     }
@@ -503,6 +637,34 @@ impl Supervisor {
             let _ = self.steering.worker_gone(slot);
             self.slots[slot as usize].state = SlotState::Stopped;
         }
+    }
+
+    /// Logs one line per slot (SIGUSR1): its worker's pid, phase, uptime, restarts and the
+    /// connections the program steered to the slot, then one line for the pool.
+    fn log_status(&self) {
+        let program = self.steering.program();
+        for (slot, entry) in (0u32..).zip(&self.slots) {
+            let steered = program
+                .and_then(|p| p.slot_counters(slot).ok())
+                .map(|c| c.selected + c.migrated);
+            info!(
+                slot,
+                pid = entry.state.pid().map(Pid::as_raw),
+                phase = %entry.state.phase(),
+                uptime_s = entry.state.started().map(|t| t.elapsed().as_secs()),
+                restarts = entry.restarts,
+                steered,
+                "worker status"
+            );
+        }
+        let serving = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Running { .. }))
+            .count();
+        info!(addr = %self.options.addr, workers = self.options.slots, serving,
+              steering = %self.options.mode, dropped_log_lines = telemetry::dropped_lines(),
+              "pool status");
     }
 
     /// Logs the program's per-slot and fallback counters (the final tally of a run).
@@ -531,6 +693,17 @@ impl Supervisor {
             ),
             Err(err) => warn!(error = %err, "could not read steering events"),
         }
+    }
+}
+
+/// Logs a signal that changes nothing.
+fn log_ignored(received: Received, action: Option<SignalAction>) {
+    let (signal, sender) = (received.name(), received.sender);
+    match action {
+        Some(SignalAction::NotYetAvailable(what)) => {
+            warn!(%signal, sender, "{what} is not available yet; signal ignored");
+        }
+        _ => info!(%signal, sender, "signal ignored"),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Starting one worker process: fork, hand it its listening socket the systemd way (fd 3,
-//! `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) plus `CLUSTER_WORKER_ID`, and exec.
+//! `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) plus `CLUSTER_WORKER_ID`, its stdout and
+//! stderr (the supervisor's pipes, or the supervisor's own with `--log-passthrough`), and exec.
 //!
 //! Written on fork/exec directly rather than `std::process::Command` because `LISTEN_PID` must
 //! be the child's own pid, known only after fork, and the child may only make async-signal-safe
@@ -24,13 +25,19 @@ use nix::{
 use crate::{handoff, notify::NOTIFY_SOCKET};
 
 /// Variables the supervisor sets for each worker; inherited values are dropped.
-const OWN_VARIABLES: [&str; 5] = [
+const OWN_VARIABLES: [&str; 6] = [
     handoff::LISTEN_FDS,
     handoff::LISTEN_PID,
     handoff::LISTEN_FDNAMES,
     handoff::WORKER_ID,
+    handoff::OUTPUT_CAPTURED,
     NOTIFY_SOCKET,
 ];
+
+/// The demo worker is this very binary. Exec'd through the kernel's link rather than by path, it
+/// works even when the binary's directory is closed to the user running it (a checkout under
+/// `/root` run as another user), and after the file was rebuilt or removed.
+const OWN_BINARY: &str = "/proc/self/exe";
 
 /// Why a worker could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +46,6 @@ pub enum SpawnError {
     NotFound { command: String },
     #[error("command `{command}` is not an executable file ({path}); check its path and mode")]
     NotExecutable { command: String, path: String },
-    #[error("cannot find the cluster binary itself to run the demo worker: {0}")]
-    SelfExe(#[source] io::Error),
     #[error("a worker argument contains a NUL byte: {0:?}")]
     Nul(OsString),
     #[error("{op} failed while starting a worker: {source}")]
@@ -67,8 +72,10 @@ pub struct WorkerProgram {
 impl WorkerProgram {
     /// The built-in demo HTTP server: this binary's hidden `worker` subcommand.
     pub fn demo() -> Result<Self, SpawnError> {
-        let exe = std::env::current_exe().map_err(SpawnError::SelfExe)?;
-        Self::new(exe, [OsString::from("cluster"), OsString::from("worker")])
+        Self::new(
+            PathBuf::from(OWN_BINARY),
+            [OsString::from("cluster"), OsString::from("worker")],
+        )
     }
 
     /// A user's COMMAND: looked up in PATH now, so a typo fails before any worker starts.
@@ -143,6 +150,8 @@ pub struct Handoff<'a> {
     pub fd_name: &'a str,
     /// `NOTIFY_SOCKET`, where it reports readiness.
     pub notify_socket: &'a str,
+    /// Its stdout and stderr; `None` leaves it the supervisor's own.
+    pub output: Option<(BorrowedFd<'a>, BorrowedFd<'a>)>,
 }
 
 /// Starts `program` with what `handoff` gives it. Returns once the child has called execve
@@ -181,6 +190,9 @@ pub fn spawn(program: &WorkerProgram, handoff: &Handoff<'_>) -> Result<Pid, Spaw
                 pid_entry: pid_entry.as_mut_ptr(),
                 listener: handoff.listener.as_raw_fd(),
                 devnull: devnull.as_raw_fd(),
+                output: handoff
+                    .output
+                    .map(|(out, err)| (out.as_raw_fd(), err.as_raw_fd())),
                 status: status_write.as_raw_fd(),
                 parent: parent.as_raw(),
             })
@@ -222,6 +234,9 @@ fn worker_environment(plan: &Handoff<'_>) -> Result<Vec<CString>, SpawnError> {
     ] {
         env.push(c_string(entry.into())?);
     }
+    if plan.output.is_some() {
+        env.push(c_string(format!("{}=1", handoff::OUTPUT_CAPTURED).into())?);
+    }
     Ok(env)
 }
 
@@ -257,6 +272,8 @@ struct ChildPlan {
     pid_entry: *mut u8,
     listener: RawFd,
     devnull: RawFd,
+    /// stdout and stderr; `None` keeps the inherited ones.
+    output: Option<(RawFd, RawFd)>,
     status: RawFd,
     parent: libc::pid_t,
 }
@@ -286,17 +303,28 @@ unsafe fn exec_child(plan: &ChildPlan) -> ! {
         libc::sigprocmask(libc::SIG_SETMASK, &raw const none, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
 
-        // Lift every fd we use above the ones we are about to fill (0 and 3), so none is
+        // Lift every fd we use above the ones we are about to fill (0 to 3), so none is
         // overwritten before it is read.
         let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
         let status = high(plan.status);
         let listener = high(plan.listener);
         let devnull = high(plan.devnull);
+        let output = plan
+            .output
+            .map(|(stdout, stderr)| (high(stdout), high(stderr)));
         if status < 0 || listener < 0 || devnull < 0 {
             fail(if status < 0 { plan.status } else { status });
         }
-        // dup2 leaves the new fd without close-on-exec: these two survive exec.
+        if output.is_some_and(|(stdout, stderr)| stdout < 0 || stderr < 0) {
+            fail(status);
+        }
+        // dup2 leaves the new fd without close-on-exec: these survive exec.
         if libc::dup2(listener, handoff::LISTEN_FD) < 0 || libc::dup2(devnull, 0) < 0 {
+            fail(status);
+        }
+        if let Some((stdout, stderr)) = output
+            && (libc::dup2(stdout, 1) < 0 || libc::dup2(stderr, 2) < 0)
+        {
             fail(status);
         }
 
