@@ -156,6 +156,13 @@ fn sigquit_stops_gracefully_and_lets_requests_finish() {
     assert!(all_gone(&workers, Duration::from_secs(2)), "{log}");
 }
 
+/// The pids first started in slots 0 and 1.
+fn first_workers(cluster: &Cluster) -> BTreeSet<i32> {
+    (0..2)
+        .map(|slot| cluster.started_pid(slot, 0).unwrap().as_raw())
+        .collect()
+}
+
 /// A COMMAND that ignores SIGTERM (the ignored disposition survives exec).
 fn stubborn_pool(shutdown_timeout: &str) -> Cluster {
     let mut command = cluster_run(&[
@@ -181,9 +188,7 @@ fn killed_pids(log: &str) -> BTreeSet<i32> {
 #[test]
 fn a_worker_killed_at_the_shutdown_timeout_makes_the_exit_status_3() {
     let cluster = stubborn_pool("1");
-    let workers: BTreeSet<i32> = (0..2)
-        .map(|slot| cluster.started_pid(slot, 0).unwrap().as_raw())
-        .collect();
+    let workers = first_workers(&cluster);
     let (status, log) = cluster.stop();
     assert_eq!(status.code(), Some(3), "{log}");
     assert_eq!(killed_pids(&log), workers, "{log}");
@@ -192,9 +197,7 @@ fn a_worker_killed_at_the_shutdown_timeout_makes_the_exit_status_3() {
 #[test]
 fn a_second_sigterm_cuts_the_stop_short_with_exit_status_3() {
     let cluster = stubborn_pool("60");
-    let workers: BTreeSet<i32> = (0..2)
-        .map(|slot| cluster.started_pid(slot, 0).unwrap().as_raw())
-        .collect();
+    let workers = first_workers(&cluster);
     kill(cluster.pid(), Signal::SIGTERM).unwrap();
     let stopping = cluster.wait_for_log(Duration::from_secs(10), |log| {
         log.contains("signal=SIGTERM").then_some(())
