@@ -8,6 +8,11 @@
 /// Highest number of worker slots; sizes every per-slot map.
 pub const MAX_SLOTS: u32 = 1024;
 
+/// Entries of the per-socket counters (`SOCKET_STATS`). Every listening socket the supervisor
+/// opens gets an id below this, reused only long after (ids are dealt out in turn, skipping any
+/// whose connections are still open).
+pub const MAX_SOCKETS: u32 = 8192;
+
 /// Buckets of the sticky table. A power of two so a bucket is a mask, not a division.
 pub const STICKY_BUCKETS: u32 = 4096;
 
@@ -30,6 +35,14 @@ pub mod map_names {
     pub const ROTATION: &str = "ROTATION";
     /// `PERCPU_ARRAY`: slot → [`crate::SlotStats`].
     pub const SLOT_STATS: &str = "SLOT_STATS";
+    /// `ARRAY`: slot → the id of the socket serving in it ([`crate::MAX_SOCKETS`] when none).
+    pub const SLOT_SOCKET: &str = "SLOT_SOCKET";
+    /// `ARRAY`: socket id → [`crate::SocketStats`], updated atomically.
+    pub const SOCKET_STATS: &str = "SOCKET_STATS";
+    /// `SK_STORAGE` with `BPF_F_CLONE`: listening socket → [`crate::SocketTag`]. The kernel copies
+    /// the entry to every connection the socket accepts (`bpf_sk_storage_clone` in
+    /// net/core/bpf_sk_storage.c), which is how a closing connection names its listener.
+    pub const SOCKET_TAGS: &str = "SOCKET_TAGS";
     /// `PERCPU_ARRAY` of [`crate::event::COUNT`] u64 event counters.
     pub const EVENTS: &str = "EVENTS";
 }
@@ -40,16 +53,52 @@ pub mod mode {
     pub const ROUND_ROBIN: u32 = 0;
     /// By client source address, through the sticky table.
     pub const STICKY: u32 = 1;
+    /// To the serving socket with the fewest open connections, of two candidates.
+    pub const LEAST_CONN: u32 = 2;
 }
 
 /// Indices into the `ROTATION` map.
 pub mod rotation {
-    /// Advanced once per new connection in round-robin mode.
-    pub const NEW: u32 = 0;
+    /// Advanced once per SYN (a new connection without SYN cookies).
+    pub const SYN: u32 = 0;
     /// Advanced once per connection migrated off a closing listener.
     pub const MIGRATE: u32 = 1;
+    /// Advanced once per ACK that reaches the program: with SYN cookies the kernel keeps no state
+    /// after the SYN, looks the listener up again for the handshake's last ACK, and the ACK's
+    /// choice is the one that gets the connection (net/ipv4/tcp_ipv4.c, `tcp_v4_rcv`). A
+    /// rotation of its own keeps both exact: without cookies only SYNs reach the program.
+    pub const COOKIE_ACK: u32 = 2;
     /// Number of counters.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// The segment the program was run for, from the TCP flags (byte 13 of the TCP header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// SYN without ACK: a new connection.
+    Syn,
+    /// ACK without SYN or RST: the last ACK of a handshake answered with a SYN cookie, or a
+    /// stray ACK that the listener will answer with a RST.
+    Ack,
+    /// Anything else (RST, FIN, SYN+ACK): not a connection attempt.
+    Other,
+}
+
+impl Segment {
+    /// Classifies the TCP flags byte.
+    #[inline(always)]
+    #[must_use]
+    pub const fn from_flags(flags: u8) -> Self {
+        const FIN: u8 = 0x01;
+        const SYN: u8 = 0x02;
+        const RST: u8 = 0x04;
+        const ACK: u8 = 0x10;
+        match (flags & SYN != 0, flags & ACK != 0, flags & (RST | FIN) != 0) {
+            (true, false, false) => Self::Syn,
+            (false, true, false) => Self::Ack,
+            _ => Self::Other,
+        }
+    }
 }
 
 /// Indices into the `EVENTS` map: how often each fallback path ran.
@@ -63,8 +112,11 @@ pub mod event {
     pub const ADDR_UNREADABLE: u32 = 2;
     /// Sticky mode found the address's own slot empty and used the live table instead.
     pub const STICKY_MOVED: u32 = 3;
+    /// A segment that is not a connection attempt (RST, FIN, …) reached the program; it was left
+    /// to the kernel's hash without turning any rotation.
+    pub const NOT_A_CONNECTION: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// The program's configuration, the single entry of the `CONFIG` map.
@@ -77,22 +129,79 @@ pub struct Config {
     pub live_count: u32,
 }
 
-/// Per-slot selection counters, one value per CPU; user space sums them.
+/// Per-slot counters, one value per CPU; user space sums them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotStats {
-    /// New connections the program steered to this slot.
-    pub selected: u64,
+    /// Connections established on this slot's sockets, counted once each as they reach
+    /// ESTABLISHED (whether or not SYN cookies made the program run twice for them).
+    pub connections: u64,
     /// Connections migrated to this slot from a closing listener.
     pub migrated: u64,
 }
 
+/// Counters of one listening socket, shared by all CPUs and updated atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    /// Its connections now ESTABLISHED (queued or accepted, not yet closing). Kept as a wrapping
+    /// u64: up once as a connection reaches ESTABLISHED, down once as it leaves.
+    pub open: u64,
+    /// Connections established on it since it was opened.
+    pub connections: u64,
+}
+
+/// What a listening socket carries in `SOCKET_TAGS`, and every connection it accepts with it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketTag {
+    pub slot: u32,
+    /// The socket's id, below [`MAX_SOCKETS`].
+    pub id: u32,
+}
+
 #[cfg(feature = "user")]
-// SAFETY: both are `repr(C)` structs of integers with no padding.
+// SAFETY: all are `repr(C)` structs of integers with no padding.
 unsafe impl aya::Pod for Config {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for SlotStats {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for SocketStats {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for SocketTag {}
+
+/// TCP states as the `sock:inet_sock_set_state` tracepoint reports them (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+}
+
+/// Of two candidates' open-connection counts, whether the second is the better choice: strictly
+/// fewer open connections. A tie keeps the first, the rotation's choice, so equal loads rotate.
+#[inline(always)]
+#[must_use]
+pub const fn second_is_less_loaded(first_open: u64, second_open: u64) -> bool {
+    second_open < first_open
+}
+
+/// The second candidate of least-conn: a random live position other than `first` (when there is
+/// more than one). With two live workers it is always the other one, which makes least-conn exact.
+#[inline(always)]
+#[must_use]
+pub const fn second_candidate(first: u32, random: u32, live_count: u32) -> u32 {
+    if live_count < 2 {
+        return first;
+    }
+    // One of the live_count - 1 other positions, counted on from `first`.
+    wrap(
+        first
+            .wrapping_add(1)
+            .wrapping_add(wrap(random, live_count - 1)),
+        live_count,
+    )
+}
 
 /// The murmur3 32-bit finaliser: every input bit affects every output bit.
 #[inline(always)]
@@ -256,5 +365,52 @@ mod tests {
             }
         }
         assert_eq!(sticky_fallback_start(5, 0), 0);
+    }
+
+    #[test]
+    fn tcp_flags_classify_segments() {
+        assert_eq!(Segment::from_flags(0x02), Segment::Syn);
+        assert_eq!(
+            Segment::from_flags(0x02 | 0x40 | 0x80),
+            Segment::Syn,
+            "ECE/CWR SYN"
+        );
+        assert_eq!(Segment::from_flags(0x10), Segment::Ack);
+        assert_eq!(
+            Segment::from_flags(0x18),
+            Segment::Ack,
+            "ACK with PSH (cookie ACK with data)"
+        );
+        assert_eq!(Segment::from_flags(0x12), Segment::Other, "SYN+ACK");
+        assert_eq!(Segment::from_flags(0x14), Segment::Other, "RST+ACK");
+        assert_eq!(Segment::from_flags(0x11), Segment::Other, "FIN+ACK");
+        assert_eq!(Segment::from_flags(0x04), Segment::Other, "RST");
+    }
+
+    #[test]
+    fn least_conn_candidates() {
+        for live in 2..=9u32 {
+            for first in 0..live {
+                let mut seen = std::collections::BTreeSet::new();
+                for random in 0..1000u32 {
+                    let second = second_candidate(first, random, live);
+                    assert!(second < live);
+                    assert_ne!(second, first, "live={live}");
+                    seen.insert(second);
+                }
+                assert_eq!(
+                    seen.len() as u32,
+                    live - 1,
+                    "every other position is reachable"
+                );
+            }
+        }
+        assert_eq!(second_candidate(0, 7, 1), 0);
+        assert_eq!(second_candidate(0, 7, 0), 0);
+        assert!(second_is_less_loaded(3, 2));
+        assert!(
+            !second_is_less_loaded(2, 2),
+            "a tie keeps the rotation's choice"
+        );
     }
 }

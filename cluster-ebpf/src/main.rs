@@ -1,12 +1,24 @@
-//! The `SK_REUSEPORT` program: for every new connection (and every connection migrated off a
-//! closing listener) it picks the worker socket of the reuseport group that receives it.
+//! The steering programs.
+//!
+//! `select_worker` (`SK_REUSEPORT`): for every new connection (and every connection migrated off
+//! a closing listener) it picks the worker socket of the reuseport group that receives it.
 //!
 //! Selection, per `CONFIG.mode`:
 //! - round-robin: a global atomic counter walks the live table, so N live workers and M
-//!   connections give every worker M/N rounded up or down, across all CPUs;
+//!   connections give every worker M/N rounded up or down, across all CPUs. SYNs and the ACKs
+//!   that complete a SYN-cookie handshake turn separate counters: with cookies the program runs
+//!   for both, and the ACK's choice is the one that gets the connection;
 //! - sticky: the client's source address picks a sticky-table bucket, the bucket names a slot.
 //!   If that slot is empty, a second hash of the address picks a live-table position instead, so
-//!   only that slot's clients move, and they come back when the slot is filled again.
+//!   only that slot's clients move, and they come back when the slot is filled again;
+//! - least-conn: of two live sockets, the rotation's choice and a random other one, the one with
+//!   fewer open connections (a tie keeps the rotation's); with two workers that is exact.
+//!
+//! `count_connections` (`tp_btf/inet_sock_set_state`): counts every connection of a tagged
+//! listener once as it reaches ESTABLISHED and once as it leaves it, per socket (open now, and
+//! in all) and per slot. The tag (`SOCKET_TAGS`) is socket storage that the kernel copies from a
+//! listener to each connection it accepts; sockets without it (clients, other servers) are left
+//! alone at the cost of one storage lookup.
 //!
 //! Fallbacks, in order, for every helper failure:
 //! 1. `bpf_sk_select_reuseport` fails (slot emptied since user space wrote the live table, or a
@@ -14,7 +26,10 @@
 //!    `MAX_PROBES` in all;
 //! 2. sticky mode cannot read the source address (`bpf_skb_load_bytes_relative` fails, or the
 //!    frame is neither IPv4 nor IPv6): use the kernel's 4-tuple hash (`ctx.hash()`) instead;
-//! 3. nothing selected (no live slot, probes exhausted, or a map lookup failed): return `SK_PASS`
+//! 3. a segment that is not a connection attempt (RST, FIN: not a SYN, not an ACK) turns no
+//!    rotation and selects nothing, like the last resort below;
+//! 4. least-conn cannot read a candidate's count: the candidate counts as unloaded;
+//! 5. nothing selected (no live slot, probes exhausted, or a map lookup failed): return `SK_PASS`
 //!    without a selection. The kernel then picks a group member by its 4-tuple hash
 //!    (`reuseport_select_sock_by_hash`). Every member of our group is a worker's socket (the
 //!    supervisor keeps no copies, and a closing worker's socket leaves the group at once), so the
@@ -31,19 +46,24 @@
     reason = "atomic_xadd is the only way to a fetching add on BPF"
 )]
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr,
+};
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{bpf_hdr_start_off::BPF_HDR_START_NET, sk_action::SK_PASS},
-    helpers::generated::bpf_skb_load_bytes_relative,
-    macros::{map, sk_reuseport},
+    helpers::generated::{bpf_get_prandom_u32, bpf_sk_storage_get, bpf_skb_load_bytes_relative},
+    macros::{btf_map, btf_tracepoint, map, sk_reuseport},
     maps::{Array, PerCpuArray, ReusePortSockArray},
-    programs::SkReuseportContext,
+    programs::{BtfTracePointContext, SkReuseportContext},
 };
 use cluster_common::{
-    Config, MAX_PROBES, MAX_SLOTS, STICKY_BUCKETS, SlotStats, event, ipv4_hash, ipv6_hash, mode,
-    probe_position, rotation, sticky_bucket, sticky_fallback_start, wrap_counter,
+    Config, MAX_PROBES, MAX_SLOTS, MAX_SOCKETS, STICKY_BUCKETS, Segment, SlotStats, SocketStats,
+    SocketTag, event, ipv4_hash, ipv6_hash, mode, probe_position, rotation, second_candidate,
+    second_is_less_loaded, sticky_bucket, sticky_fallback_start, tcp_state, wrap_counter,
 };
 
 #[map]
@@ -60,6 +80,38 @@ static ROTATION: Array<u64> = Array::with_max_entries(rotation::COUNT, 0);
 static SLOT_STATS: PerCpuArray<SlotStats> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 #[map]
 static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT, 0);
+#[map]
+static SLOT_SOCKET: Array<u32> = Array::with_max_entries(MAX_SLOTS, 0);
+#[map]
+static SOCKET_STATS: Array<SocketStats> = Array::with_max_entries(MAX_SOCKETS, 0);
+
+/// An `SK_STORAGE` map definition in the BTF form the loader reads (aya-obj `parse_btf_map_def`):
+/// each member's array length is the value. aya-ebpf's own `SkStorage` fixes its flags at
+/// `BPF_F_NO_PREALLOC`, and the tag must be copied to accepted connections, which takes
+/// `BPF_F_CLONE` as well (net/core/bpf_sk_storage.c `bpf_sk_storage_clone`).
+#[repr(C)]
+pub struct CloningSkStorage<T> {
+    r#type: *const [i32; 24],     // BPF_MAP_TYPE_SK_STORAGE
+    key: *const i32,              // the socket, as an fd from user space
+    value: *const T,              // the tag
+    max_entries: *const [i32; 0], // socket storage has no size of its own
+    map_flags: *const [i32; 513], // BPF_F_NO_PREALLOC (1) | BPF_F_CLONE (512)
+}
+
+// SAFETY: the members are type markers for the loader, never dereferenced.
+unsafe impl<T> Sync for CloningSkStorage<T> {}
+
+#[btf_map]
+static SOCKET_TAGS: CloningSkStorage<SocketTag> = CloningSkStorage {
+    r#type: ptr::null(),
+    key: ptr::null(),
+    value: ptr::null(),
+    max_entries: ptr::null(),
+    map_flags: ptr::null(),
+};
+
+/// Offset of the flags byte in the TCP header; `data` starts at the TCP header.
+const TCP_FLAGS: usize = 13;
 
 /// `skb->protocol` as the context carries it: the ethertype in network byte order.
 const ETH_P_IP: u32 = u16::to_be(0x0800) as u32;
@@ -96,11 +148,65 @@ fn select(ctx: &SkReuseportContext, migration_aware: bool) -> u32 {
         let start = wrap_counter(advance(rotation::MIGRATE), live_count);
         return pick_live(ctx, start, live_count, Kind::Migrated);
     }
+    let counter = match segment(ctx) {
+        Segment::Syn => rotation::SYN,
+        Segment::Ack => rotation::COOKIE_ACK,
+        Segment::Other => {
+            count(event::NOT_A_CONNECTION);
+            return SK_PASS;
+        }
+    };
     if config.mode == mode::STICKY {
         return select_sticky(ctx, live_count);
     }
-    let start = wrap_counter(advance(rotation::NEW), live_count);
+    let start = wrap_counter(advance(counter), live_count);
+    if config.mode == mode::LEAST_CONN {
+        return select_least_conn(ctx, start, live_count);
+    }
     pick_live(ctx, start, live_count, Kind::Selected)
+}
+
+/// What the packet the program runs for is, from its TCP flags; `Other` when they cannot be read.
+#[inline(always)]
+fn segment(ctx: &SkReuseportContext) -> Segment {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + TCP_FLAGS + 1 > end {
+        return Segment::Other;
+    }
+    // SAFETY: the byte lies between `data` and `data_end`, checked just above.
+    let flags = unsafe { *((data + TCP_FLAGS) as *const u8) };
+    Segment::from_flags(flags)
+}
+
+/// Least-conn: the live position `first` (the rotation's) against a random other one; the one
+/// whose socket has fewer open connections is tried first, then the usual probing.
+#[inline(always)]
+fn select_least_conn(ctx: &SkReuseportContext, first: u32, live_count: u32) -> u32 {
+    // SAFETY: a helper without arguments.
+    let random = unsafe { bpf_get_prandom_u32() };
+    let second = second_candidate(first, random, live_count);
+    let start = if second_is_less_loaded(open_at(first), open_at(second)) {
+        second
+    } else {
+        first
+    };
+    pick_live(ctx, start, live_count, Kind::Selected)
+}
+
+/// Open connections of the socket serving at live position `position`; 0 when unknown. A count
+/// that wrapped below zero (an update the kernel skipped, see the README) also reads as 0.
+#[inline(always)]
+fn open_at(position: u32) -> u64 {
+    let Some(&slot) = LIVE.get(position) else {
+        return 0;
+    };
+    let Some(&id) = SLOT_SOCKET.get(slot) else {
+        return 0;
+    };
+    match SOCKET_STATS.get(id) {
+        Some(stats) if stats.open <= i64::MAX as u64 => stats.open,
+        _ => 0,
+    }
 }
 
 #[inline(always)]
@@ -199,6 +305,9 @@ fn advance(index: u32) -> u64 {
     }
 }
 
+/// Whether a selection is for a new connection or a migrated one. New connections are counted
+/// by `count_connections` when they are established, so that the two runs of a SYN-cookie
+/// handshake count once; a migration is counted here.
 #[derive(Clone, Copy)]
 enum Kind {
     Selected,
@@ -207,15 +316,62 @@ enum Kind {
 
 #[inline(always)]
 fn record(slot: u32, kind: Kind) {
-    if let Some(stats) = SLOT_STATS.get_ptr_mut(slot) {
-        // SAFETY: a per-CPU value of this map; nothing else on this CPU runs concurrently with
-        // the program.
-        let stats = unsafe { &mut *stats };
-        match kind {
-            Kind::Selected => stats.selected += 1,
-            Kind::Migrated => stats.migrated += 1,
+    if let Kind::Migrated = kind
+        && let Some(stats) = SLOT_STATS.get_ptr_mut(slot)
+    {
+        // SAFETY: a per-CPU value; `migrated` is only written by this program, which does not
+        // nest on a CPU.
+        unsafe { (*stats).migrated += 1 };
+    }
+}
+
+/// Counts a tagged listener's connections as they reach and leave ESTABLISHED. A connection that
+/// is reset before it is established is never counted; one in the accept queue is (it waits for
+/// its worker). Runs for every TCP state change on the host; returns 0 as tracing programs must.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn count_connections(ctx: BtfTracePointContext) -> i32 {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let entering = new == tcp_state::ESTABLISHED;
+    if !entering && old != tcp_state::ESTABLISHED {
+        return 0;
+    }
+    let sk: *mut c_void = ctx.arg(0);
+    // SAFETY: `sk` is the tracepoint's `struct sock *` (a BTF pointer the verifier checks); the
+    // helper returns NULL or a pointer to this socket's tag.
+    let tag = unsafe {
+        bpf_sk_storage_get(
+            ptr::from_ref(&SOCKET_TAGS).cast_mut().cast(),
+            sk,
+            ptr::null_mut(),
+            0,
+        )
+    }
+    .cast::<SocketTag>();
+    if tag.is_null() {
+        return 0;
+    }
+    // SAFETY: non-null, so it points at the tag the kernel keeps for this socket.
+    let SocketTag { slot, id } = unsafe { *tag };
+    let Some(stats) = SOCKET_STATS.get_ptr_mut(id) else {
+        return 0;
+    };
+    // SAFETY: pointers to aligned u64 fields of a live map value; other CPUs update the same
+    // value, hence the atomic adds. Adding u64::MAX subtracts one.
+    unsafe {
+        if entering {
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*stats).open, 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*stats).connections, 1);
+        } else {
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*stats).open, u64::MAX);
         }
     }
+    if entering && let Some(slot_stats) = SLOT_STATS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU value; `connections` is only written by this program, and the kernel
+        // never runs a tracing program nested in itself on one CPU.
+        unsafe { (*slot_stats).connections += 1 };
+    }
+    0
 }
 
 #[inline(always)]

@@ -202,6 +202,9 @@ pub enum SteeringMode {
     RoundRobin,
     /// The eBPF program: by client source address, stable while the workers are unchanged.
     Sticky,
+    /// The eBPF program: to the worker with fewer open connections, of two candidates (exact with
+    /// two workers), so a busy worker gets new connections last.
+    LeastConn,
     /// Plain SO_REUSEPORT, no program: the kernel's own 4-tuple hash.
     Hash,
     /// One listening socket shared by all workers: the OS wakes whichever worker accepts.
@@ -213,6 +216,7 @@ impl fmt::Display for SteeringMode {
         f.write_str(match self {
             Self::RoundRobin => "round-robin",
             Self::Sticky => "sticky",
+            Self::LeastConn => "least-conn",
             Self::Hash => "hash",
             Self::Shared => "shared",
         })

@@ -624,7 +624,8 @@ pub fn tally(addr: SocketAddr, path: &str, total: usize, threads: usize) -> BTre
 }
 
 /// The program's per-slot counters from the supervisor's final `steering stats` lines:
-/// slot → (selected, migrated).
+/// slot → (connections, migrated): connections established on the slot, each counted once,
+/// and connections migrated to it.
 #[must_use]
 pub fn steering_stats(log: &str) -> BTreeMap<u32, (u64, u64)> {
     log.lines()
@@ -633,12 +634,36 @@ pub fn steering_stats(log: &str) -> BTreeMap<u32, (u64, u64)> {
             Some((
                 field(l, "slot")?.parse().ok()?,
                 (
-                    field(l, "selected")?.parse().ok()?,
+                    field(l, "connections")?.parse().ok()?,
                     field(l, "migrated")?.parse().ok()?,
                 ),
             ))
         })
         .collect()
+}
+
+/// The program's `steering events` counters from the supervisor's final log: name → count.
+#[must_use]
+pub fn steering_events(log: &str) -> BTreeMap<String, u64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("steering events"))
+        .unwrap_or_else(|| panic!("no `steering events` line:\n{log}"));
+    line.split_whitespace()
+        .filter_map(|word| {
+            let (key, value) = word.split_once('=')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Asserts that the program never took a fallback path: every connection found its socket at
+/// the first try.
+pub fn assert_no_fallback(log: &str) {
+    let events = steering_events(log);
+    for key in ["probed", "last_resort"] {
+        assert_eq!(events.get(key), Some(&0), "{key} in {events:?}\n{log}");
+    }
 }
 
 /// A loopback address with a port that was free a moment ago, for a test that must know the
@@ -741,6 +766,16 @@ impl NetNs {
             .unwrap();
         let status = child.wait().unwrap();
         assert!(status.success(), "ip -batch failed for:\n{commands}");
+    }
+
+    /// Sets a sysctl of this namespace (`net.ipv4.tcp_syncookies` → `/proc/sys/net/ipv4/…`):
+    /// written from a thread inside it, the file is the namespace's own.
+    pub fn sysctl(&self, name: &str, value: &str) {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        self.run(|| std::fs::write(&path, value))
+            .unwrap_or_else(|e| panic!("write {value} to {path} in the test namespace: {e}"));
+        let read = self.run(|| std::fs::read_to_string(&path)).unwrap();
+        assert_eq!(read.trim(), value, "{path} in the test namespace");
     }
 
     /// Makes `command` start inside the namespace.

@@ -22,11 +22,11 @@ fn a_python_server_on_fd_3_is_balanced_like_the_demo() {
         !log.contains("Traceback"),
         "the Python server failed:\n{log}"
     );
-    let selected: std::collections::BTreeMap<u32, u64> = steering_stats(&log)
+    let connections: std::collections::BTreeMap<u32, u64> = steering_stats(&log)
         .into_iter()
         .map(|(slot, (sel, _))| (slot, sel))
         .collect();
-    assert_eq!(selected, counts, "{log}");
+    assert_eq!(connections, counts, "{log}");
 }
 
 #[test]

@@ -35,8 +35,11 @@ fn setcap_lets_another_user_run_the_program_on_a_low_port() {
     assert_exact_rotation(&counts, 2);
     let (status, log) = cluster.stop();
     assert!(status.success(), "{log}");
-    let selected: u64 = steering_stats(&log).values().map(|(s, _)| s).sum();
-    assert_eq!(selected, 200, "the program steered every connection\n{log}");
+    let connections: u64 = steering_stats(&log).values().map(|(c, _)| c).sum();
+    assert_eq!(
+        connections, 200,
+        "the program counted every connection\n{log}"
+    );
 }
 
 #[test]

@@ -28,9 +28,9 @@ fn round_robin(workers: u32) {
     let (status, log) = cluster.stop();
     assert!(status.success(), "{status}\n{log}");
     let stats = steering_stats(&log);
-    let selected: BTreeMap<u32, u64> = stats.iter().map(|(s, (sel, _))| (*s, *sel)).collect();
+    let connections: BTreeMap<u32, u64> = stats.iter().map(|(s, (c, _))| (*s, *c)).collect();
     assert_eq!(
-        selected, counts,
+        connections, counts,
         "the program's counters disagree with the workers\n{log}"
     );
 }

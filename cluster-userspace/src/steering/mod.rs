@@ -1,5 +1,5 @@
-//! How new connections reach workers: the in-kernel program (round-robin or sticky), the
-//! kernel's own SO_REUSEPORT hash, or one socket shared by every worker.
+//! How new connections reach workers: the in-kernel program (round-robin, sticky or
+//! least-conn), the kernel's own SO_REUSEPORT hash, or one socket shared by every worker.
 
 mod live;
 mod program;
@@ -7,7 +7,7 @@ mod program;
 use std::os::fd::BorrowedFd;
 
 pub use live::LiveSlots;
-pub use program::{EventCounters, Policy, ProgramError, SlotCounters, SteeringProgram};
+pub use program::{EventCounters, Policy, ProgramError, SlotCounters, SocketId, SteeringProgram};
 
 use crate::{cli::SteeringMode, listener::Sharing};
 
@@ -32,6 +32,9 @@ impl Steering {
             SteeringMode::Sticky => {
                 Self::Program(Box::new(SteeringProgram::load(Policy::Sticky, slots)?))
             }
+            SteeringMode::LeastConn => {
+                Self::Program(Box::new(SteeringProgram::load(Policy::LeastConn, slots)?))
+            }
             SteeringMode::Hash => Self::KernelHash,
             SteeringMode::Shared => Self::Shared,
         })
@@ -46,23 +49,32 @@ impl Steering {
         }
     }
 
-    /// A new socket is listening: make sure the group it joined runs the program.
-    pub fn socket_listening(&self, socket: BorrowedFd<'_>) -> Result<(), ProgramError> {
+    /// A new socket of `slot` is listening: make sure the group it joined runs the program, and
+    /// tag it so its connections are counted. Returns its id where a program counts.
+    pub fn socket_listening(
+        &mut self,
+        slot: u32,
+        socket: BorrowedFd<'_>,
+    ) -> Result<Option<SocketId>, ProgramError> {
         match self {
-            Self::Program(program) => program.attach(socket),
-            Self::KernelHash | Self::Shared => Ok(()),
+            Self::Program(program) => {
+                program.attach(socket)?;
+                program.tag(slot, socket).map(Some)
+            }
+            Self::KernelHash | Self::Shared => Ok(None),
         }
     }
 
-    /// `slot`'s worker is serving on `socket`: steer connections to it.
+    /// `slot`'s worker is serving on `socket` (tagged `id`): steer connections to it.
     pub fn worker_serving(
         &mut self,
         slot: u32,
         socket: BorrowedFd<'_>,
+        id: Option<SocketId>,
     ) -> Result<(), ProgramError> {
-        match self {
-            Self::Program(program) => program.add(slot, socket),
-            Self::KernelHash | Self::Shared => Ok(()),
+        match (self, id) {
+            (Self::Program(program), Some(id)) => program.add(slot, socket, id),
+            _ => Ok(()),
         }
     }
 

@@ -1,5 +1,6 @@
-//! The eBPF steering program in the kernel: loading it, attaching it to the reuseport group, and
-//! writing its maps (slot sockets, live table, sticky table); reading its counters.
+//! The eBPF steering programs in the kernel: loading them, attaching the selector to the
+//! reuseport group and the connection counter to its tracepoint, tagging each listening socket,
+//! and writing the maps (slot sockets, live table, sticky table); reading the counters.
 
 use std::{
     io,
@@ -7,11 +8,14 @@ use std::{
 };
 
 use aya::{
-    Ebpf, include_bytes_aligned,
-    maps::{Array, MapData, PerCpuArray, ReusePortSockArray},
-    programs::SkReuseport,
+    Btf, Ebpf, include_bytes_aligned,
+    maps::{Array, MapData, PerCpuArray, ReusePortSockArray, SkStorage},
+    programs::{BtfTracePoint, SkReuseport},
 };
-use cluster_common::{Config, STICKY_BUCKETS, SlotStats, event, map_names, mode, sticky_owner};
+use cluster_common::{
+    Config, MAX_SLOTS, MAX_SOCKETS, STICKY_BUCKETS, SlotStats, SocketStats, SocketTag, event,
+    map_names, mode, sticky_owner,
+};
 
 use super::live::LiveSlots;
 
@@ -22,13 +26,22 @@ static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cluster
 const PROGRAM_MIGRATE: &str = "select_worker";
 /// Loaded as `BPF_SK_REUSEPORT_SELECT`, for kernels that refuse the migrate attach type.
 const PROGRAM_SELECT: &str = "select_worker_no_migrate";
+/// The connection counter, a `tp_btf` program.
+const PROGRAM_COUNT: &str = "count_connections";
+/// The tracepoint it runs on (`sock:inet_sock_set_state`).
+const COUNT_TRACEPOINT: &str = "inet_sock_set_state";
 
 /// What the program chooses by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     RoundRobin,
     Sticky,
+    LeastConn,
 }
+
+/// The id of one listening socket, below [`MAX_SOCKETS`]: the index of its counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketId(pub u32);
 
 /// Why the program could not be loaded or its maps not written.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +76,11 @@ pub struct SteeringProgram {
     live_table: Array<MapData, u32>,
     slot_stats: PerCpuArray<MapData, SlotStats>,
     events: PerCpuArray<MapData, u64>,
+    slot_socket: Array<MapData, u32>,
+    socket_stats: Array<MapData, SocketStats>,
+    socket_tags: SkStorage<MapData, SocketTag>,
+    /// Where the search for the next free socket id starts.
+    next_socket_id: u32,
     policy: Policy,
     live: LiveSlots,
 }
@@ -80,7 +98,9 @@ impl std::fmt::Debug for SteeringProgram {
 /// The program's own counters for one slot, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SlotCounters {
-    pub selected: u64,
+    /// Connections established on the slot's sockets, each counted once.
+    pub connections: u64,
+    /// Connections migrated to the slot from a closing socket.
     pub migrated: u64,
 }
 
@@ -91,21 +111,27 @@ pub struct EventCounters {
     pub last_resort: u64,
     pub addr_unreadable: u64,
     pub sticky_moved: u64,
+    pub not_a_connection: u64,
 }
 
 impl SteeringProgram {
-    /// Creates the maps, loads the program (migrate-capable when the kernel allows) and fills the
-    /// sticky table for `slots` slots.
+    /// Creates the maps, loads the selector (migrate-capable when the kernel allows), loads and
+    /// attaches the connection counter, and fills the sticky table for `slots` slots.
     pub fn load(policy: Policy, slots: u32) -> Result<Self, ProgramError> {
         raise_memlock_limit();
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| classify("creating the eBPF maps", &e))?;
         let program_name = load_program(&mut ebpf)?;
+        attach_counter(&mut ebpf)?;
         let mut program = Self {
             sockets: take_map(&mut ebpf, map_names::SOCKETS)?,
             config: take_map(&mut ebpf, map_names::CONFIG)?,
             live_table: take_map(&mut ebpf, map_names::LIVE)?,
             slot_stats: take_map(&mut ebpf, map_names::SLOT_STATS)?,
             events: take_map(&mut ebpf, map_names::EVENTS)?,
+            slot_socket: take_map(&mut ebpf, map_names::SLOT_SOCKET)?,
+            socket_stats: take_map(&mut ebpf, map_names::SOCKET_STATS)?,
+            socket_tags: take_map(&mut ebpf, map_names::SOCKET_TAGS)?,
+            next_socket_id: 0,
             ebpf,
             program_name,
             policy,
@@ -116,6 +142,12 @@ impl SteeringProgram {
             sticky
                 .set(bucket, sticky_owner(bucket, slots), 0)
                 .map_err(|e| other("writing the sticky table", &e))?;
+        }
+        for slot in 0..MAX_SLOTS {
+            program
+                .slot_socket
+                .set(slot, MAX_SOCKETS, 0)
+                .map_err(|e| other("writing SLOT_SOCKET", &e))?;
         }
         program.write_config()?;
         Ok(program)
@@ -143,8 +175,37 @@ impl SteeringProgram {
             .map_err(|e| classify("attaching the program (SO_ATTACH_REUSEPORT_EBPF)", &e))
     }
 
-    /// Puts `slot`'s socket into the selection.
-    pub fn add(&mut self, slot: u32, socket: BorrowedFd<'_>) -> Result<(), ProgramError> {
+    /// Gives a new listening socket of `slot` an id with fresh counters, and tags it with both,
+    /// so that every connection it accepts carries them. Ids are dealt out in turn, skipping any
+    /// whose earlier socket still has connections open.
+    pub fn tag(&mut self, slot: u32, socket: BorrowedFd<'_>) -> Result<SocketId, ProgramError> {
+        let id = (0..MAX_SOCKETS)
+            .map(|step| (self.next_socket_id + step) % MAX_SOCKETS)
+            .find(|&id| self.socket_stats.get(&id, 0).is_ok_and(|s| s.open == 0))
+            .ok_or_else(|| ProgramError::Other {
+                op: "choosing a socket id",
+                detail: format!("all {MAX_SOCKETS} ids have connections open"),
+            })?;
+        self.next_socket_id = (id + 1) % MAX_SOCKETS;
+        self.socket_stats
+            .set(id, SocketStats::default(), 0)
+            .map_err(|e| other("resetting SOCKET_STATS", &e))?;
+        self.socket_tags
+            .insert(&socket.as_raw_fd(), SocketTag { slot, id }, 0)
+            .map_err(|e| other("tagging the socket (SOCKET_TAGS)", &e))?;
+        Ok(SocketId(id))
+    }
+
+    /// Puts `slot`'s socket, tagged `id`, into the selection.
+    pub fn add(
+        &mut self,
+        slot: u32,
+        socket: BorrowedFd<'_>,
+        id: SocketId,
+    ) -> Result<(), ProgramError> {
+        self.slot_socket
+            .set(slot, id.0, 0)
+            .map_err(|e| other("writing SLOT_SOCKET", &e))?;
         self.sockets
             .set(slot, &socket.as_raw_fd(), 0)
             .map_err(|e| other("storing the worker socket in SOCKETS", &e))?;
@@ -161,7 +222,9 @@ impl SteeringProgram {
         if self.live.remove(slot) {
             self.write_live()?;
         }
-        Ok(())
+        self.slot_socket
+            .set(slot, MAX_SOCKETS, 0)
+            .map_err(|e| other("writing SLOT_SOCKET", &e))
     }
 
     /// The program's counters for `slot`.
@@ -173,9 +236,19 @@ impl SteeringProgram {
         Ok(per_cpu
             .iter()
             .fold(SlotCounters::default(), |sum, s| SlotCounters {
-                selected: sum.selected + s.selected,
+                connections: sum.connections + s.connections,
                 migrated: sum.migrated + s.migrated,
             }))
+    }
+
+    /// The counters of the socket tagged `id`. `open` is signed: an update the kernel skipped
+    /// (see [`Self::tag`] and the README) can leave it below zero.
+    pub fn socket_counters(&self, id: SocketId) -> Result<(i64, u64), ProgramError> {
+        let stats = self
+            .socket_stats
+            .get(&id.0, 0)
+            .map_err(|e| other("reading SOCKET_STATS", &e))?;
+        Ok((stats.open.cast_signed(), stats.connections))
     }
 
     /// The program's fallback counters.
@@ -192,6 +265,7 @@ impl SteeringProgram {
             last_resort: read(event::LAST_RESORT)?,
             addr_unreadable: read(event::ADDR_UNREADABLE)?,
             sticky_moved: read(event::STICKY_MOVED)?,
+            not_a_connection: read(event::NOT_A_CONNECTION)?,
         })
     }
 
@@ -211,6 +285,7 @@ impl SteeringProgram {
             mode: match self.policy {
                 Policy::RoundRobin => mode::ROUND_ROBIN,
                 Policy::Sticky => mode::STICKY,
+                Policy::LeastConn => mode::LEAST_CONN,
             },
             live_count: self.live.len(),
         };
@@ -249,6 +324,30 @@ fn load_program(ebpf: &mut Ebpf) -> Result<&'static str, ProgramError> {
         }
     }
     Err(first_error.unwrap_or_else(|| missing(PROGRAM_SELECT)))
+}
+
+/// Loads the connection counter against the running kernel's BTF and attaches it to
+/// `sock:inet_sock_set_state`. The link lives as long as `ebpf`, which the supervisor keeps.
+fn attach_counter(ebpf: &mut Ebpf) -> Result<(), ProgramError> {
+    let btf = Btf::from_sys_fs().map_err(|e| ProgramError::Unsupported {
+        op: "reading the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)",
+        source: io::Error::other(e.to_string()),
+    })?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(PROGRAM_COUNT)
+        .ok_or_else(|| missing(PROGRAM_COUNT))?
+        .try_into()
+        .map_err(|e| other("looking up the connection counter", &e))?;
+    program
+        .load(COUNT_TRACEPOINT, &btf)
+        .map_err(|e| classify("loading the connection counter (tp_btf)", &e))?;
+    program.attach().map_err(|e| {
+        classify(
+            "attaching the connection counter to sock:inet_sock_set_state",
+            &e,
+        )
+    })?;
+    Ok(())
 }
 
 fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, ProgramError>

@@ -45,7 +45,7 @@ use crate::{
     cpus,
     listener::{self, ListenError, Sharing},
     notify::{Notification, NotifySocket},
-    steering::{ProgramError, Steering},
+    steering::{ProgramError, SocketId, Steering},
     telemetry,
 };
 
@@ -171,11 +171,16 @@ enum SlotState {
     Starting {
         pid: Pid,
         socket: Option<Socket>,
+        socket_id: Option<SocketId>,
         ready_by: Option<Instant>,
         started: Instant,
     },
-    /// A worker serves.
-    Running { pid: Pid, started: Instant },
+    /// A worker serves; `socket_id` names its socket's counters where a program counts.
+    Running {
+        pid: Pid,
+        started: Instant,
+        socket_id: Option<SocketId>,
+    },
     /// Shutting down: no worker, none to start.
     Stopped,
 }
@@ -195,6 +200,14 @@ impl SlotState {
             Self::Starting { .. } => "starting",
             Self::Running { .. } => "serving",
             Self::Stopped => "stopped",
+        }
+    }
+
+    /// The id of the current worker's socket, where a program counts its connections.
+    fn socket_id(&self) -> Option<SocketId> {
+        match self {
+            Self::Starting { socket_id, .. } | Self::Running { socket_id, .. } => *socket_id,
+            Self::Idle { .. } | Self::Stopped => None,
         }
     }
 
@@ -352,13 +365,13 @@ impl Supervisor {
     /// is in, our copy is closed: from then on only the worker holds it, so when the worker dies
     /// the socket closes and leaves the group.
     fn start_worker(&mut self, slot: u32) -> Result<(), SupervisorError> {
-        let own_socket = match &self.shared {
-            Some(_) => None,
+        let (own_socket, socket_id) = match &self.shared {
+            Some(_) => (None, None),
             None => {
                 let socket =
                     listener::open(self.options.addr, self.options.backlog, Sharing::ReusePort)?;
-                self.steering.socket_listening(socket.as_fd())?;
-                Some(socket)
+                let id = self.steering.socket_listening(slot, socket.as_fd())?;
+                (Some(socket), id)
             }
         };
         let notify_socket = self.notify.env_value();
@@ -402,6 +415,7 @@ impl Supervisor {
         entry.state = SlotState::Starting {
             pid,
             socket: own_socket,
+            socket_id,
             ready_by,
             started: now,
         };
@@ -434,12 +448,18 @@ impl Supervisor {
     /// Puts a starting worker's socket into the selection and closes our copy of it.
     fn worker_ready(&mut self, slot: u32) {
         let entry = &mut self.slots[slot as usize];
-        let SlotState::Starting { pid, socket, .. } = &mut entry.state else {
+        let SlotState::Starting {
+            pid,
+            socket,
+            socket_id,
+            ..
+        } = &mut entry.state
+        else {
             return;
         };
-        let (pid, own_socket) = (*pid, socket.take());
+        let (pid, own_socket, socket_id) = (*pid, socket.take(), *socket_id);
         if let Some(listener) = worker_socket(own_socket.as_ref(), self.shared.as_ref())
-            && let Err(err) = self.steering.worker_serving(slot, listener)
+            && let Err(err) = self.steering.worker_serving(slot, listener, socket_id)
         {
             error!(slot, pid = pid.as_raw(), error = %err, "worker runs but could not be added to the selection");
         }
@@ -450,6 +470,7 @@ impl Supervisor {
         entry.state = SlotState::Running {
             pid,
             started: Instant::now(),
+            socket_id,
         };
     }
 
@@ -639,14 +660,19 @@ impl Supervisor {
         }
     }
 
-    /// Logs one line per slot (SIGUSR1): its worker's pid, phase, uptime, restarts and the
-    /// connections the program steered to the slot, then one line for the pool.
+    /// Logs one line per slot (SIGUSR1): its worker's pid, phase, uptime and restarts, the
+    /// connections the program steered to the slot, and those open on the worker's socket now;
+    /// then one line for the pool.
     fn log_status(&self) {
         let program = self.steering.program();
         for (slot, entry) in (0u32..).zip(&self.slots) {
             let steered = program
                 .and_then(|p| p.slot_counters(slot).ok())
-                .map(|c| c.selected + c.migrated);
+                .map(|c| c.connections + c.migrated);
+            let open = program
+                .zip(entry.state.socket_id())
+                .and_then(|(p, id)| p.socket_counters(id).ok())
+                .map(|(open, _)| open);
             info!(
                 slot,
                 pid = entry.state.pid().map(Pid::as_raw),
@@ -654,6 +680,7 @@ impl Supervisor {
                 uptime_s = entry.state.started().map(|t| t.elapsed().as_secs()),
                 restarts = entry.restarts,
                 steered,
+                open,
                 "worker status"
             );
         }
@@ -676,7 +703,7 @@ impl Supervisor {
             match program.slot_counters(slot) {
                 Ok(c) => info!(
                     slot,
-                    selected = c.selected,
+                    connections = c.connections,
                     migrated = c.migrated,
                     "steering stats"
                 ),
@@ -689,6 +716,7 @@ impl Supervisor {
                 last_resort = e.last_resort,
                 addr_unreadable = e.addr_unreadable,
                 sticky_moved = e.sticky_moved,
+                not_a_connection = e.not_a_connection,
                 "steering events"
             ),
             Err(err) => warn!(error = %err, "could not read steering events"),
