@@ -127,6 +127,74 @@ pub struct Config {
     pub mode: u32,
     /// How many leading entries of `LIVE` are serving slots.
     pub live_count: u32,
+    /// How sticky mode hashes a client address.
+    pub sticky: StickyHash,
+}
+
+/// Sticky mode's hash of a client address: keyed with a secret chosen at random for each pool,
+/// so nobody can pick addresses that all land on one worker, and taken over a prefix of the
+/// address, so that a client whose IPv6 privacy address rotates within its /64 stays put.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StickyHash {
+    pub key: [u32; 2],
+    /// Leading bits of an IPv4 address that count (0 to 32).
+    pub v4_prefix: u32,
+    /// Leading bits of an IPv6 address that count (0 to 128).
+    pub v6_prefix: u32,
+}
+
+impl StickyHash {
+    /// The whole IPv4 address and the IPv6 /64.
+    pub const DEFAULT_V4_PREFIX: u32 = 32;
+    pub const DEFAULT_V6_PREFIX: u32 = 64;
+
+    /// The hash of an IPv4 address (network byte order, as on the wire).
+    #[inline(always)]
+    #[must_use]
+    pub const fn ipv4(&self, addr: [u8; 4]) -> u32 {
+        let word = u32::from_be_bytes(addr) & prefix_mask(self.v4_prefix, 0);
+        mix32(mix32(word ^ self.key[0]) ^ self.key[1])
+    }
+
+    /// The hash of an IPv6 address (network byte order). An IPv4-mapped address
+    /// (`::ffff:a.b.c.d`, how a dual-stack socket sees an IPv4 client) hashes as the IPv4
+    /// address, so both views of one client agree.
+    #[inline(always)]
+    #[must_use]
+    pub const fn ipv6(&self, addr: [u8; 16]) -> u32 {
+        let words = [
+            u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]),
+            u32::from_be_bytes([addr[4], addr[5], addr[6], addr[7]]),
+            u32::from_be_bytes([addr[8], addr[9], addr[10], addr[11]]),
+            u32::from_be_bytes([addr[12], addr[13], addr[14], addr[15]]),
+        ];
+        if words[0] == 0 && words[1] == 0 && words[2] == 0x0000_ffff {
+            return self.ipv4([addr[12], addr[13], addr[14], addr[15]]);
+        }
+        let mut h = self.key[0] ^ 0x6a09_e667;
+        let mut i = 0;
+        while i < 4 {
+            h = mix32(h ^ (words[i] & prefix_mask(self.v6_prefix, i as u32)));
+            i += 1;
+        }
+        mix32(h ^ self.key[1])
+    }
+}
+
+/// The mask of the prefix's bits that fall in 32-bit word `word` (0 = most significant) of an
+/// address.
+#[inline(always)]
+#[must_use]
+pub const fn prefix_mask(prefix_bits: u32, word: u32) -> u32 {
+    let start = word * 32;
+    if prefix_bits <= start {
+        0
+    } else if prefix_bits >= start + 32 {
+        u32::MAX
+    } else {
+        u32::MAX << (32 - (prefix_bits - start))
+    }
 }
 
 /// Per-slot counters, one value per CPU; user space sums them.
@@ -161,7 +229,7 @@ pub struct SocketTag {
 }
 
 #[cfg(feature = "user")]
-// SAFETY: all are `repr(C)` structs of integers with no padding.
+// SAFETY: all are `repr(C)` structs of integers with no padding (`Config` is six u32s).
 unsafe impl aya::Pod for Config {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
@@ -213,27 +281,6 @@ pub const fn mix32(mut x: u32) -> u32 {
     x = x.wrapping_mul(0xc2b2_ae35);
     x ^= x >> 16;
     x
-}
-
-/// Hash of an IPv4 source address (network byte order, as on the wire).
-#[inline(always)]
-#[must_use]
-pub const fn ipv4_hash(addr: [u8; 4]) -> u32 {
-    mix32(u32::from_be_bytes(addr))
-}
-
-/// Hash of an IPv6 source address (network byte order, as on the wire).
-#[inline(always)]
-#[must_use]
-pub const fn ipv6_hash(addr: [u8; 16]) -> u32 {
-    let mut h = 0x6a09_e667_u32;
-    let mut i = 0;
-    while i < 16 {
-        let word = u32::from_be_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-        h = mix32(h ^ word);
-        i += 4;
-    }
-    h
 }
 
 /// The sticky bucket of a source-address hash.
@@ -334,8 +381,13 @@ mod tests {
     #[test]
     fn address_hash_ignores_nothing_and_spreads() {
         // Consecutive loopback clients, as the tests use: they must not pile into few buckets.
+        let hash = StickyHash {
+            key: [0x1234_5678, 0x9abc_def0],
+            v4_prefix: 32,
+            v6_prefix: 128,
+        };
         let buckets: Vec<u32> = (1..=250u8)
-            .map(|i| sticky_bucket(ipv4_hash([127, 0, 0, i])))
+            .map(|i| sticky_bucket(hash.ipv4([127, 0, 0, i])))
             .collect();
         let per_slot = |slots: u32| {
             let mut n = BTreeMap::new();
@@ -347,12 +399,60 @@ mod tests {
         let four = per_slot(4);
         assert_eq!(four.len(), 4);
         assert!(four.values().all(|&n| n > 30), "{four:?}");
-        assert_ne!(ipv4_hash([10, 0, 0, 1]), ipv4_hash([10, 0, 0, 2]));
+        assert_ne!(hash.ipv4([10, 0, 0, 1]), hash.ipv4([10, 0, 0, 2]));
         let mut a = [0u8; 16];
         let mut b = [0u8; 16];
         a[15] = 1;
         b[0] = 1;
-        assert_ne!(ipv6_hash(a), ipv6_hash(b));
+        assert_ne!(hash.ipv6(a), hash.ipv6(b));
+    }
+
+    #[test]
+    fn the_key_changes_every_bucket_assignment() {
+        let with = |k0, k1| StickyHash {
+            key: [k0, k1],
+            v4_prefix: 32,
+            v6_prefix: 64,
+        };
+        let (a, b) = (with(1, 2), with(3, 4));
+        let same = (0..=255u8)
+            .filter(|&i| {
+                sticky_owner(sticky_bucket(a.ipv4([10, 1, 2, i])), 4)
+                    == sticky_owner(sticky_bucket(b.ipv4([10, 1, 2, i])), 4)
+            })
+            .count();
+        // Independent keys agree on about a quarter of the addresses, by chance alone.
+        assert!(
+            (30..=100).contains(&same),
+            "{same} of 256 kept their worker"
+        );
+    }
+
+    #[test]
+    fn prefixes_group_addresses() {
+        let hash = StickyHash {
+            key: [7, 8],
+            v4_prefix: 24,
+            v6_prefix: 64,
+        };
+        assert_eq!(hash.ipv4([192, 0, 2, 1]), hash.ipv4([192, 0, 2, 200]));
+        assert_ne!(hash.ipv4([192, 0, 2, 1]), hash.ipv4([192, 0, 3, 1]));
+        let v6 = |last: u8, net: u8| {
+            let mut a = [
+                0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, net, 0, 0, 0, 0, 0, 0, 0, last,
+            ];
+            a[9] = last.wrapping_mul(7);
+            hash.ipv6(a)
+        };
+        assert_eq!(v6(1, 0), v6(2, 0), "one /64, privacy addresses");
+        assert_ne!(v6(1, 0), v6(1, 1), "another /64");
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 9];
+        assert_eq!(hash.ipv6(mapped), hash.ipv4([192, 0, 2, 9]));
+        assert_eq!(prefix_mask(64, 0), u32::MAX);
+        assert_eq!(prefix_mask(64, 2), 0);
+        assert_eq!(prefix_mask(24, 0), 0xffff_ff00);
+        assert_eq!(prefix_mask(0, 0), 0);
+        assert_eq!(prefix_mask(128, 3), u32::MAX);
     }
 
     #[test]

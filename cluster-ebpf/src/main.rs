@@ -58,11 +58,11 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_prandom_u32, bpf_sk_storage_get, bpf_skb_load_bytes_relative},
     macros::{btf_map, btf_tracepoint, map, sk_reuseport},
     maps::{Array, PerCpuArray, ReusePortSockArray},
-    programs::{BtfTracePointContext, SkReuseportContext},
+    programs::{BtfTracePointContext, SkReuseportContext, SockContext},
 };
 use cluster_common::{
     Config, MAX_PROBES, MAX_SLOTS, MAX_SOCKETS, STICKY_BUCKETS, Segment, SlotStats, SocketStats,
-    SocketTag, event, ipv4_hash, ipv6_hash, mode, probe_position, rotation, second_candidate,
+    SocketTag, StickyHash, event, mode, probe_position, rotation, second_candidate,
     second_is_less_loaded, sticky_bucket, sticky_fallback_start, tcp_state, wrap_counter,
 };
 
@@ -116,6 +116,8 @@ const TCP_FLAGS: usize = 13;
 /// `skb->protocol` as the context carries it: the ethertype in network byte order.
 const ETH_P_IP: u32 = u16::to_be(0x0800) as u32;
 const ETH_P_IPV6: u32 = u16::to_be(0x86dd) as u32;
+/// `AF_INET`, as `bpf_sock.family` holds it.
+const AF_INET: u32 = 2;
 /// Offsets of the source address in the IPv4 and IPv6 headers.
 const IPV4_SADDR: u32 = 12;
 const IPV6_SADDR: u32 = 8;
@@ -144,9 +146,20 @@ fn select(ctx: &SkReuseportContext, migration_aware: bool) -> u32 {
     } else {
         config.live_count
     };
-    if migration_aware && ctx.migrating_sk().is_some() {
-        let start = wrap_counter(advance(rotation::MIGRATE), live_count);
-        return pick_live(ctx, start, live_count, Kind::Migrated);
+    if migration_aware && let Some(migrating) = ctx.migrating_sk() {
+        // Two of the three migration paths carry no packet: the client's address is read from
+        // the connection being moved.
+        if config.mode == mode::STICKY {
+            let hash = migrating_address_hash(&migrating, &config.sticky);
+            return select_sticky(ctx, hash, live_count, Kind::Migrated);
+        }
+        return select_by_rotation(
+            ctx,
+            config.mode,
+            rotation::MIGRATE,
+            live_count,
+            Kind::Migrated,
+        );
     }
     let counter = match segment(ctx) {
         Segment::Syn => rotation::SYN,
@@ -157,13 +170,32 @@ fn select(ctx: &SkReuseportContext, migration_aware: bool) -> u32 {
         }
     };
     if config.mode == mode::STICKY {
-        return select_sticky(ctx, live_count);
+        let hash = match source_address_hash(ctx, &config.sticky) {
+            Some(hash) => hash,
+            None => {
+                count(event::ADDR_UNREADABLE);
+                ctx.hash()
+            }
+        };
+        return select_sticky(ctx, hash, live_count, Kind::Selected);
     }
+    select_by_rotation(ctx, config.mode, counter, live_count, Kind::Selected)
+}
+
+/// Round-robin, or least-conn starting from the rotation's choice, on rotation `counter`.
+#[inline(always)]
+fn select_by_rotation(
+    ctx: &SkReuseportContext,
+    mode: u32,
+    counter: u32,
+    live_count: u32,
+    kind: Kind,
+) -> u32 {
     let start = wrap_counter(advance(counter), live_count);
-    if config.mode == mode::LEAST_CONN {
-        return select_least_conn(ctx, start, live_count);
+    if mode == mode::LEAST_CONN {
+        return select_least_conn(ctx, start, live_count, kind);
     }
-    pick_live(ctx, start, live_count, Kind::Selected)
+    pick_live(ctx, start, live_count, kind)
 }
 
 /// What the packet the program runs for is, from its TCP flags; `Other` when they cannot be read.
@@ -181,7 +213,7 @@ fn segment(ctx: &SkReuseportContext) -> Segment {
 /// Least-conn: the live position `first` (the rotation's) against a random other one; the one
 /// whose socket has fewer open connections is tried first, then the usual probing.
 #[inline(always)]
-fn select_least_conn(ctx: &SkReuseportContext, first: u32, live_count: u32) -> u32 {
+fn select_least_conn(ctx: &SkReuseportContext, first: u32, live_count: u32, kind: Kind) -> u32 {
     // SAFETY: a helper without arguments.
     let random = unsafe { bpf_get_prandom_u32() };
     let second = second_candidate(first, random, live_count);
@@ -190,7 +222,7 @@ fn select_least_conn(ctx: &SkReuseportContext, first: u32, live_count: u32) -> u
     } else {
         first
     };
-    pick_live(ctx, start, live_count, Kind::Selected)
+    pick_live(ctx, start, live_count, kind)
 }
 
 /// Open connections of the socket serving at live position `position`; 0 when unknown. A count
@@ -209,19 +241,14 @@ fn open_at(position: u32) -> u64 {
     }
 }
 
+/// Sticky: the address hash's bucket names a slot; if that slot has no socket, a second hash
+/// picks a live position to probe from, so only the empty slot's clients move.
 #[inline(always)]
-fn select_sticky(ctx: &SkReuseportContext, live_count: u32) -> u32 {
-    let hash = match source_address_hash(ctx) {
-        Some(hash) => hash,
-        None => {
-            count(event::ADDR_UNREADABLE);
-            ctx.hash()
-        }
-    };
+fn select_sticky(ctx: &SkReuseportContext, hash: u32, live_count: u32, kind: Kind) -> u32 {
     if let Some(&slot) = STICKY.get(sticky_bucket(hash))
         && SOCKETS.select_reuseport(ctx, slot).is_ok()
     {
-        record(slot, Kind::Selected);
+        record(slot, kind);
         return SK_PASS;
     }
     count(event::STICKY_MOVED);
@@ -229,7 +256,7 @@ fn select_sticky(ctx: &SkReuseportContext, live_count: u32) -> u32 {
         ctx,
         sticky_fallback_start(hash, live_count),
         live_count,
-        Kind::Selected,
+        kind,
     )
 }
 
@@ -260,16 +287,50 @@ fn pick_live(ctx: &SkReuseportContext, start: u32, live_count: u32, kind: Kind) 
 /// `test_select_reuseport_kern.c` does the same). A dual-stack `[::]` group sees IPv4 clients as
 /// `ETH_P_IP` frames.
 #[inline(always)]
-fn source_address_hash(ctx: &SkReuseportContext) -> Option<u32> {
+fn source_address_hash(ctx: &SkReuseportContext, sticky: &StickyHash) -> Option<u32> {
     let protocol = ctx.eth_protocol();
     if protocol == ETH_P_IP {
         let mut addr = [0u8; 4];
-        load_network_bytes(ctx, IPV4_SADDR, &mut addr).then(|| ipv4_hash(addr))
+        load_network_bytes(ctx, IPV4_SADDR, &mut addr).then(|| sticky.ipv4(addr))
     } else if protocol == ETH_P_IPV6 {
         let mut addr = [0u8; 16];
-        load_network_bytes(ctx, IPV6_SADDR, &mut addr).then(|| ipv6_hash(addr))
+        load_network_bytes(ctx, IPV6_SADDR, &mut addr).then(|| sticky.ipv6(addr))
     } else {
         None
+    }
+}
+
+/// The client address of a connection being migrated, hashed as its SYN was: the remote end
+/// (`dst_ip4`/`dst_ip6`) of the moving socket. An IPv4 client of a dual-stack socket shows as
+/// `::ffff:a.b.c.d`, which `StickyHash::ipv6` hashes as the IPv4 address.
+#[inline(always)]
+fn migrating_address_hash(migrating: &SockContext, sticky: &StickyHash) -> u32 {
+    let sock = migrating.sock;
+    // SAFETY: `sock` is the non-NULL `migrating_sk`; family and the address words are fields the
+    // verifier allows on it, read one u32 at a time (net/core/filter.c
+    // `bpf_sock_common_is_valid_access`).
+    unsafe {
+        if ptr::read_volatile(&raw const (*sock).family) == AF_INET {
+            let addr = ptr::read_volatile(&raw const (*sock).dst_ip4);
+            return sticky.ipv4(addr.to_ne_bytes());
+        }
+        let words = [
+            ptr::read_volatile(&raw const (*sock).dst_ip6[0]),
+            ptr::read_volatile(&raw const (*sock).dst_ip6[1]),
+            ptr::read_volatile(&raw const (*sock).dst_ip6[2]),
+            ptr::read_volatile(&raw const (*sock).dst_ip6[3]),
+        ];
+        let mut addr = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let bytes = words[i].to_ne_bytes();
+            addr[i * 4] = bytes[0];
+            addr[i * 4 + 1] = bytes[1];
+            addr[i * 4 + 2] = bytes[2];
+            addr[i * 4 + 3] = bytes[3];
+            i += 1;
+        }
+        sticky.ipv6(addr)
     }
 }
 

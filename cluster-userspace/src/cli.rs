@@ -45,6 +45,13 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = SteeringMode::RoundRobin)]
     pub steering: SteeringMode,
 
+    /// With `--steering sticky`: how many leading bits of a client's IPv4 and IPv6 address
+    /// choose its worker. The default keeps each IPv4 address, and each IPv6 /64 (a client whose
+    /// privacy address rotates stays put; one /64 lands on one worker).
+    #[arg(long, value_name = "V4BITS,V6BITS", default_value = "32,64",
+          value_parser = parse_sticky_prefix)]
+    pub sticky_prefix: StickyPrefix,
+
     /// Length of each listening socket's accept queue (listen(2) backlog).
     #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=65535))]
@@ -186,6 +193,27 @@ pub fn parse_listen(value: &str) -> Result<ListenSpec, String> {
     })
 }
 
+/// `--sticky-prefix`: prefix lengths in bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StickyPrefix {
+    pub v4: u32,
+    pub v6: u32,
+}
+
+/// Parses `--sticky-prefix V4BITS,V6BITS`.
+pub fn parse_sticky_prefix(value: &str) -> Result<StickyPrefix, String> {
+    let usage = "expected V4BITS,V6BITS, as in 32,64 (0 to 32 and 0 to 128)";
+    let (v4, v6) = value.split_once(',').ok_or(usage)?;
+    let bits = |text: &str, max: u32| match text.trim().parse::<u32>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(usage.to_owned()),
+    };
+    Ok(StickyPrefix {
+        v4: bits(v4, 32)?,
+        v6: bits(v6, 128)?,
+    })
+}
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -321,6 +349,26 @@ mod tests {
             "localhost:8080"
         );
         assert_eq!(parse_listen("8080").unwrap().to_string(), ":8080");
+    }
+
+    #[test]
+    fn sticky_prefixes() {
+        assert_eq!(
+            run_args(&[]).unwrap().sticky_prefix,
+            StickyPrefix { v4: 32, v6: 64 }
+        );
+        assert_eq!(
+            parse_sticky_prefix("24,48"),
+            Ok(StickyPrefix { v4: 24, v6: 48 })
+        );
+        for bad in ["33,64", "32,129", "32", "a,b", "-1,64"] {
+            assert!(
+                parse_sticky_prefix(bad)
+                    .unwrap_err()
+                    .contains("V4BITS,V6BITS"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

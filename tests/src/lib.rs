@@ -71,7 +71,20 @@ impl SharedBinary {
         std::fs::create_dir(&dir).expect("create a directory for the shared binary");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.join("cluster");
-        std::fs::copy(cluster_binary(), &path).expect("copy the cluster binary");
+        // Copied by another process: a file this process held open for writing would be
+        // inherited by any child another test thread forks meanwhile, and exec of the copy fails
+        // with ETXTBSY until that child has exec'd in turn.
+        let copied = Command::new("cp")
+            .arg(cluster_binary())
+            .arg(&path)
+            .status()
+            .expect("run cp");
+        assert!(
+            copied.success(),
+            "copy the cluster binary to {}",
+            path.display()
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self { dir, path }
     }
 
@@ -188,12 +201,11 @@ impl Cluster {
         if !command.get_envs().any(|(key, _)| key == "RUST_LOG") {
             command.env("RUST_LOG", "info");
         }
-        let mut child = command
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the cluster binary");
+            .stderr(Stdio::piped());
+        let mut child = spawn(&mut command);
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&log);
@@ -349,12 +361,11 @@ impl Drop for Cluster {
 /// Runs `cluster ARGS` to completion (at most 30 s) and returns exit status and stderr.
 #[must_use]
 pub fn run_to_exit(mut command: Command) -> (ExitStatus, String) {
-    let mut child = command
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the cluster binary");
+        .stderr(Stdio::piped());
+    let mut child = spawn(&mut command);
     let mut stderr = child.stderr.take().expect("piped stderr");
     let reader = thread::spawn(move || {
         let mut text = String::new();
@@ -374,6 +385,13 @@ pub fn run_to_exit(mut command: Command) -> (ExitStatus, String) {
         thread::sleep(Duration::from_millis(20));
     };
     (status, reader.join().expect("stderr reader"))
+}
+
+/// Starts `command`, failing the test with the reason if it cannot.
+fn spawn(command: &mut Command) -> Child {
+    command
+        .spawn()
+        .unwrap_or_else(|err| panic!("start {command:?}: {err}"))
 }
 
 /// `cluster run --listen 127.0.0.1:0 ARGS`: a pool on a free loopback port.
@@ -687,6 +705,48 @@ pub fn ready_line(log: &str) -> Option<String> {
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Every listening TCP socket, from /proc/net/tcp and tcp6: (inode, port).
+#[must_use]
+pub fn listening_sockets() -> Vec<(u64, u16)> {
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let (Some(port), "0A", Ok(inode)) = (port, *state, inode.parse()) {
+                found.push((inode, port));
+            }
+        }
+    }
+    found
+}
+
+/// Socket inodes among a process's open fds.
+#[must_use]
+pub fn socket_inodes(pid: Pid) -> std::collections::BTreeSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|target| {
+                    let text = target.to_string_lossy().into_owned();
+                    text.strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether the process is gone (or a zombie waiting for a reaper that is not us).

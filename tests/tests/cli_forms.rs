@@ -13,11 +13,12 @@ use cluster_tests::{
 };
 
 /// A namespace whose loopback has extra client addresses: 127.0.0.0/8 is all local already;
-/// IPv6 gets 2001:db8::100 … 2001:db8::10f.
+/// IPv6 gets 2001:db8:0:100::1 … 2001:db8:0:10f::1, each in a /64 of its own (sticky keeps a
+/// /64 together by default).
 fn namespace_with_clients() -> (NetNs, Vec<IpAddr>) {
     let ns = NetNs::new();
     let v6: Vec<IpAddr> = (0..16u16)
-        .map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100 + i)))
+        .map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0x100 + i, 0, 0, 0, 1)))
         .collect();
     let batch: String = v6
         .iter()

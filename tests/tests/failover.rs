@@ -1,6 +1,8 @@
 //! A worker killed with SIGKILL: its slot leaves the selection, a new worker serves in it within
 //! 2 s, and no connection is lost except ones that worker had already accepted; connections
-//! still queued on its socket are migrated by the kernel to the other workers.
+//! still queued on its socket are migrated by the kernel to the other workers. With no worker
+//! serving at all, a connection waits until one does, even through a starting worker that is
+//! killed.
 
 use std::{
     sync::{
@@ -11,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cluster_tests::{Cluster, Failure, get, require_root, steering_stats};
+use cluster_tests::{
+    Cluster, Failure, PYTHON_SERVER, cluster_run, get, require_root, steering_stats,
+};
 use nix::sys::signal::{Signal, kill};
 
 const CLIENTS: usize = 4;
@@ -153,4 +157,66 @@ fn connections_queued_on_a_killed_worker_are_migrated() {
         (QUEUED / 2) as u64,
         "the kernel should have migrated the queued connections\n{log}"
     );
+}
+
+/// One slot. Its first worker never accepts and never reports ready, and is killed at the 1 s
+/// ready timeout; the second serves and reports ready. A client that connects before either has
+/// served waits (on the starting socket, then on the supervisor's parking socket when the first
+/// worker's socket closes) and is answered by the second.
+#[test]
+fn with_no_worker_serving_a_connection_waits_for_one() {
+    require_root();
+    let marker = std::env::temp_dir().join(format!("cluster-test-started-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let script =
+        "if [ -e \"$1\" ]; then exec python3 -c \"$0\" notify; fi; touch \"$1\"; exec sleep 60";
+    let mut command = cluster_run(&["--workers", "1", "--wait-ready", "--ready-timeout", "1"]);
+    command
+        .args(["--", "sh", "-c", script, PYTHON_SERVER])
+        .arg(&marker);
+    let cluster = Cluster::spawn_command(command);
+    let started = cluster.wait_for_log(Duration::from_secs(10), |log| {
+        log.contains("ready addr=").then_some(()).or_else(|| {
+            log.lines()
+                .find(|l| l.contains("worker started"))
+                .map(|_| ())
+        })
+    });
+    assert!(started.is_some(), "{}", cluster.log());
+    // The address is not known before `ready`; read it from the socket table instead: the one
+    // the supervisor listens on is the port.
+    let addr = wait_for_listen_addr(&cluster);
+    let reply = get(addr, "/", None);
+    let log = cluster.log();
+    let _ = std::fs::remove_file(&marker);
+    assert!(
+        log.contains("did not report READY=1 in time"),
+        "the first worker was not killed at its ready timeout:\n{log}"
+    );
+    let reply = reply.unwrap_or_else(|f| panic!("the waiting connection was lost: {f:?}\n{log}"));
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.pid,
+        cluster.started_pid(0, 1).map(|p| p.as_raw()),
+        "{log}"
+    );
+}
+
+/// The port the pool listens on, from /proc/net/tcp: a listening socket whose inode the
+/// supervisor holds (its parking socket).
+fn wait_for_listen_addr(cluster: &Cluster) -> std::net::SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = cluster_tests::socket_inodes(cluster.pid());
+        for (inode, port) in cluster_tests::listening_sockets() {
+            if held.contains(&inode) {
+                return std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no listening socket held by the supervisor"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }

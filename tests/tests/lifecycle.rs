@@ -2,9 +2,12 @@
 //! stop everything, killing the supervisor leaves no orphan, `--workers max` counts the CPUs
 //! this process may use, and a worker that keeps crashing is restarted with growing delays.
 
-use std::{collections::BTreeSet, fs, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
-use cluster_tests::{Cluster, all_gone, cluster_run, field, on_one_cpu, ready_line, require_root};
+use cluster_tests::{
+    Cluster, all_gone, cluster_run, field, listening_sockets, on_one_cpu, ready_line, require_root,
+    socket_inodes,
+};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -16,51 +19,39 @@ fn worker_pids(cluster: &Cluster, workers: u32) -> Vec<Pid> {
         .collect()
 }
 
-/// Inodes of the TCP sockets listening on `port` (from /proc/net/tcp and tcp6).
-fn listening_inodes(port: u16) -> BTreeSet<u64> {
-    let mut inodes = BTreeSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in fs::read_to_string(table).unwrap().lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let local_port = cols[1].rsplit(':').next().unwrap();
-            if u16::from_str_radix(local_port, 16).unwrap() == port && cols[3] == "0A" {
-                inodes.insert(cols[9].parse().unwrap());
-            }
-        }
-    }
-    inodes
-}
-
-/// Socket inodes among a process's open fds.
-fn socket_inodes(pid: Pid) -> BTreeSet<u64> {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|target| {
-            let text = target.to_string_lossy().into_owned();
-            text.strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
 #[test]
-fn each_worker_owns_its_socket_and_the_supervisor_none() {
+fn each_worker_owns_its_socket_and_the_supervisor_only_the_parking_one() {
     require_root();
     let cluster = Cluster::start(&["--workers", "3"]);
-    let listening = listening_inodes(cluster.addr().port());
-    assert_eq!(listening.len(), 3, "one listening socket per worker");
-    assert!(
-        socket_inodes(cluster.pid()).is_disjoint(&listening),
-        "the supervisor keeps a copy of a worker socket"
+    let port = cluster.addr().port();
+    let listening: BTreeSet<u64> = listening_sockets()
+        .into_iter()
+        .filter(|(_, p)| *p == port)
+        .map(|(inode, _)| inode)
+        .collect();
+    assert_eq!(
+        listening.len(),
+        4,
+        "one socket per worker, and the parking socket"
+    );
+    let parking: BTreeSet<u64> = socket_inodes(cluster.pid())
+        .intersection(&listening)
+        .copied()
+        .collect();
+    assert_eq!(
+        parking.len(),
+        1,
+        "the supervisor holds the parking socket only"
     );
     for pid in worker_pids(&cluster, 3) {
-        assert_eq!(
-            socket_inodes(pid).intersection(&listening).count(),
-            1,
-            "worker {pid}"
+        let own: Vec<u64> = socket_inodes(pid)
+            .intersection(&listening)
+            .copied()
+            .collect();
+        assert_eq!(own.len(), 1, "worker {pid}");
+        assert!(
+            parking.is_disjoint(&own.into_iter().collect()),
+            "worker {pid} shares the parking socket"
         );
     }
 }

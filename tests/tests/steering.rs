@@ -9,8 +9,8 @@ use std::{
 };
 
 use cluster_tests::{
-    Cluster, NetNs, assert_exact_rotation, cluster_command, get, require_root, steering_stats,
-    tally,
+    Cluster, NetNs, PYTHON_SERVER, assert_exact_rotation, assert_no_fallback, cluster_command,
+    cluster_run, get, require_root, steering_stats, tally,
 };
 
 fn round_robin(workers: u32) {
@@ -33,6 +33,7 @@ fn round_robin(workers: u32) {
         connections, counts,
         "the program's counters disagree with the workers\n{log}"
     );
+    assert_no_fallback(&log);
 }
 
 #[test]
@@ -139,19 +140,26 @@ fn sticky_keeps_each_address_on_one_worker_across_a_replacement() {
     }
 }
 
-#[test]
-fn sticky_over_ipv6_keeps_each_address_on_one_worker() {
-    require_root();
-    // 40 IPv6 client addresses need a namespace of our own: loopback has only ::1.
+/// A namespace with `2001:db8::1` for the server and `count` client addresses on loopback.
+fn ipv6_namespace(count: u16, client: impl Fn(u16) -> Ipv6Addr) -> (NetNs, Vec<IpAddr>) {
     let ns = NetNs::new();
-    let clients: Vec<IpAddr> = (0..40u16)
-        .map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100 + i)))
-        .collect();
+    let clients: Vec<IpAddr> = (0..count).map(|i| IpAddr::V6(client(i))).collect();
     let mut batch = String::from("addr add 2001:db8::1/128 dev lo nodad\n");
     for client in &clients {
         batch.push_str(&format!("addr add {client}/128 dev lo nodad\n"));
     }
     ns.ip_batch(&batch);
+    (ns, clients)
+}
+
+#[test]
+fn sticky_over_ipv6_keeps_each_address_on_one_worker() {
+    require_root();
+    // 40 IPv6 client addresses, each in a /64 of its own (the default prefix keeps one /64
+    // together), need a namespace of our own: loopback has only ::1.
+    let (ns, clients) = ipv6_namespace(40, |i| {
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0x100 + i, 0, 0, 0, 1)
+    });
     let mut command = cluster_command(&["run", "--listen", "[2001:db8::1]:0", "--workers", "4"]);
     command.args(["--steering", "sticky"]);
     ns.enter(&mut command);
@@ -205,42 +213,118 @@ fn shared_mode_serves_from_one_socket() {
     assert!(status.success(), "{log}");
 }
 
+/// Kill the worker of one client's slot, with a replacement that never reports ready: that
+/// slot's clients move to other workers, every other client stays where it was.
 #[test]
 fn sticky_moves_only_the_clients_of_an_empty_slot() {
     require_root();
     let clients = ipv4_clients();
-    let healthy = Cluster::start(&["--workers", "4", "--steering", "sticky"]);
-    let baseline = sticky_map(healthy.addr(), &clients, 3);
-    drop(healthy);
-    let on_slot_0 = baseline.values().filter(|(slot, _)| *slot == 0).count();
-    assert!(on_slot_0 > 0, "no client on slot 0 to move: {baseline:?}");
+    let marker = std::env::temp_dir().join(format!("cluster-test-sticky-{}", std::process::id()));
+    // The demo worker on its first start in a slot; later starts never report ready.
+    let script =
+        r#"m="$1.$CLUSTER_WORKER_ID"; [ -e "$m" ] && exec sleep 600; touch "$m"; exec "$0" worker"#;
+    let mut command = cluster_run(&["--workers", "4", "--steering", "sticky", "--wait-ready"]);
+    command.args(["--ready-timeout", "600", "--", "sh", "-c", script]);
+    command.arg(cluster_tests::cluster_binary()).arg(&marker);
+    let cluster = Cluster::start_command(command);
+    let before = sticky_map(cluster.addr(), &clients, 3);
+    let (victim_slot, victim_pid) = before[&clients[0]];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim_pid),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    let replaced = cluster.wait_for_log(Duration::from_secs(10), |_| {
+        cluster.started_pid(victim_slot, 1)
+    });
+    assert!(replaced.is_some(), "{}", cluster.log());
+    let after = sticky_map(cluster.addr(), &clients, 3);
+    for slot in 0..4 {
+        let _ = std::fs::remove_file(format!("{}.{slot}", marker.display()));
+    }
+    for client in &clients {
+        let (was, _) = before[client];
+        let (now, _) = after[client];
+        if was == victim_slot {
+            assert_ne!(now, victim_slot, "{client} reached the empty slot");
+        } else {
+            assert_eq!(now, was, "{client} moved although its slot {was} serves");
+        }
+    }
+    let (_, log) = cluster.stop();
+    let events = cluster_tests::steering_events(&log);
+    assert!(events["sticky_moved"] > 0, "{events:?}");
+}
 
-    // Same pool, but slot 0's worker exits at once: it never reports ready, so slot 0 stays
-    // out of the selection. The other slots run the demo worker (`cluster worker`) as COMMAND.
-    let addr = cluster_tests::free_local_addr();
-    let mut command = cluster_command(&["run", "--listen", &addr.to_string(), "--workers", "4"]);
-    command.args(["--steering", "sticky", "--wait-ready", "--", "sh", "-c"]);
-    command.arg(r#"[ "$CLUSTER_WORKER_ID" = 0 ] && exit 1; exec "$0" worker"#);
-    command.arg(cluster_tests::cluster_binary());
-    let degraded = Cluster::spawn_command(command);
-    // The pool never reports ready (slot 0 never is); wait for the other three.
-    let serving = degraded.wait_for_log(Duration::from_secs(20), |log| {
-        (1..4)
+#[test]
+fn two_pools_map_the_same_addresses_differently() {
+    require_root();
+    let clients = ipv4_clients();
+    let slots_of = |map: &BTreeMap<IpAddr, (u32, i32)>| -> Vec<u32> {
+        clients.iter().map(|c| map[c].0).collect()
+    };
+    let first = Cluster::start(&["--workers", "4", "--steering", "sticky"]);
+    let a = slots_of(&sticky_map(first.addr(), &clients, 1));
+    drop(first);
+    let second = Cluster::start(&["--workers", "4", "--steering", "sticky"]);
+    let b = slots_of(&sticky_map(second.addr(), &clients, 1));
+    let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    // Independent keys: about 3 in 4 addresses land elsewhere; fewer than 10 of 40 has odds
+    // below 1e-9.
+    assert!(
+        differ >= 10,
+        "only {differ} of 40 addresses mapped differently: {a:?} {b:?}"
+    );
+}
+
+#[test]
+fn the_sticky_prefix_keeps_a_network_together() {
+    require_root();
+    // 16 privacy addresses in one /64, as a client whose address rotates would use.
+    let (ns, clients) = ipv6_namespace(16, |i| {
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 7, i * 977, 0x1234, i, 0x100 + i)
+    });
+    let run = |prefix: &str| {
+        let mut command =
+            cluster_command(&["run", "--listen", "[2001:db8::1]:0", "--workers", "4"]);
+        command.args(["--steering", "sticky", "--sticky-prefix", prefix]);
+        ns.enter(&mut command);
+        let cluster = Cluster::start_command(command);
+        let addr = cluster.addr();
+        let map = ns.run(|| sticky_map(addr, &clients, 2));
+        slots_used(&map)
+    };
+    assert_eq!(run("32,64").len(), 1, "one /64, one worker");
+    assert!(run("32,128").len() >= 2, "whole addresses spread");
+}
+
+/// Starting and draining sockets are members of the group; while any worker serves, one that
+/// never reports ready gets no connection. Slot 0's worker accepts but never says READY=1.
+#[test]
+fn a_worker_that_never_reports_ready_gets_no_connection() {
+    require_root();
+    let mut command = cluster_run(&["--workers", "3", "--wait-ready", "--ready-timeout", "60"]);
+    command.args(["--", "sh", "-c"]);
+    command.arg(r#"if [ "$CLUSTER_WORKER_ID" = 0 ]; then exec python3 -c "$0"; fi; exec python3 -c "$0" notify"#);
+    command.arg(PYTHON_SERVER);
+    let cluster = Cluster::spawn_command(command);
+    let serving = cluster.wait_for_log(Duration::from_secs(20), |log| {
+        (1..3)
             .all(|slot| log.contains(&format!("worker ready slot={slot} ")))
             .then_some(())
     });
-    assert!(serving.is_some(), "{}", degraded.log());
-    let moved = sticky_map(addr, &clients, 3);
-    for client in &clients {
-        let (before, _) = baseline[client];
-        let (after, _) = moved[client];
-        if before == 0 {
-            assert_ne!(after, 0, "{client} reached the empty slot");
-        } else {
-            assert_eq!(
-                after, before,
-                "{client} moved although its slot {before} serves"
-            );
-        }
-    }
+    assert!(serving.is_some(), "{}", cluster.log());
+    let port = cluster_tests::listening_sockets()
+        .into_iter()
+        .find(|(inode, _)| cluster_tests::socket_inodes(cluster.pid()).contains(inode))
+        .map(|(_, port)| port)
+        .expect("the supervisor's parking socket");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let counts = tally(addr, "/", 60, 2);
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2],
+        "{counts:?}"
+    );
+    assert!(!cluster.log().contains("worker ready slot=0 "));
 }

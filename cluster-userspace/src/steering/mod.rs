@@ -3,13 +3,20 @@
 
 mod live;
 mod program;
+mod sticky;
 
 use std::os::fd::BorrowedFd;
 
 pub use live::LiveSlots;
 pub use program::{EventCounters, Policy, ProgramError, SlotCounters, SocketId, SteeringProgram};
+pub use sticky::StickyTable;
 
-use crate::{cli::SteeringMode, listener::Sharing};
+use cluster_common::StickyHash;
+
+use crate::{
+    cli::{SteeringMode, StickyPrefix},
+    listener::Sharing,
+};
 
 /// The steering in force for a pool.
 #[derive(Debug)]
@@ -23,21 +30,28 @@ pub enum Steering {
 }
 
 impl Steering {
-    /// Sets up the steering for `mode` and `slots` slots; loads the program when the mode uses it.
-    pub fn new(mode: SteeringMode, slots: u32) -> Result<Self, ProgramError> {
-        Ok(match mode {
-            SteeringMode::RoundRobin => {
-                Self::Program(Box::new(SteeringProgram::load(Policy::RoundRobin, slots)?))
-            }
-            SteeringMode::Sticky => {
-                Self::Program(Box::new(SteeringProgram::load(Policy::Sticky, slots)?))
-            }
-            SteeringMode::LeastConn => {
-                Self::Program(Box::new(SteeringProgram::load(Policy::LeastConn, slots)?))
-            }
-            SteeringMode::Hash => Self::KernelHash,
-            SteeringMode::Shared => Self::Shared,
-        })
+    /// Sets up the steering for `mode` and `slots` slots; loads the program when the mode uses
+    /// it. Sticky mode hashes addresses over `prefix` with a key drawn at random now, so no two
+    /// pools map addresses alike.
+    pub fn new(mode: SteeringMode, slots: u32, prefix: StickyPrefix) -> Result<Self, ProgramError> {
+        let policy = match mode {
+            SteeringMode::RoundRobin => Policy::RoundRobin,
+            SteeringMode::Sticky => Policy::Sticky,
+            SteeringMode::LeastConn => Policy::LeastConn,
+            SteeringMode::Hash => return Ok(Self::KernelHash),
+            SteeringMode::Shared => return Ok(Self::Shared),
+        };
+        let sticky = StickyHash {
+            key: random_key().map_err(|source| ProgramError::Other {
+                op: "drawing the sticky hash key (getrandom)",
+                detail: source.to_string(),
+            })?,
+            v4_prefix: prefix.v4,
+            v6_prefix: prefix.v6,
+        };
+        Ok(Self::Program(Box::new(SteeringProgram::load(
+            policy, slots, sticky,
+        )?)))
     }
 
     /// How worker sockets are shared under this steering.
@@ -94,4 +108,19 @@ impl Steering {
             Self::KernelHash | Self::Shared => None,
         }
     }
+}
+
+/// A secret for the sticky hash, from the kernel's random source.
+fn random_key() -> std::io::Result<[u32; 2]> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if usize::try_from(got).ok() != Some(bytes.len()) {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (low, high) = bytes.split_at(4);
+    Ok([
+        u32::from_ne_bytes(low.try_into().unwrap_or_default()),
+        u32::from_ne_bytes(high.try_into().unwrap_or_default()),
+    ])
 }

@@ -13,11 +13,11 @@ use aya::{
     programs::{BtfTracePoint, SkReuseport},
 };
 use cluster_common::{
-    Config, MAX_SLOTS, MAX_SOCKETS, STICKY_BUCKETS, SlotStats, SocketStats, SocketTag, event,
-    map_names, mode, sticky_owner,
+    Config, MAX_SLOTS, MAX_SOCKETS, SlotStats, SocketStats, SocketTag, StickyHash, event,
+    map_names, mode,
 };
 
-use super::live::LiveSlots;
+use super::{live::LiveSlots, sticky::StickyTable};
 
 /// The object built from `cluster-ebpf` by build.rs.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cluster-steering"));
@@ -79,9 +79,11 @@ pub struct SteeringProgram {
     slot_socket: Array<MapData, u32>,
     socket_stats: Array<MapData, SocketStats>,
     socket_tags: SkStorage<MapData, SocketTag>,
+    sticky_table: Array<MapData, u32>,
     /// Where the search for the next free socket id starts.
     next_socket_id: u32,
     policy: Policy,
+    sticky: StickyHash,
     live: LiveSlots,
 }
 
@@ -117,7 +119,7 @@ pub struct EventCounters {
 impl SteeringProgram {
     /// Creates the maps, loads the selector (migrate-capable when the kernel allows), loads and
     /// attaches the connection counter, and fills the sticky table for `slots` slots.
-    pub fn load(policy: Policy, slots: u32) -> Result<Self, ProgramError> {
+    pub fn load(policy: Policy, slots: u32, sticky: StickyHash) -> Result<Self, ProgramError> {
         raise_memlock_limit();
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| classify("creating the eBPF maps", &e))?;
         let program_name = load_program(&mut ebpf)?;
@@ -131,18 +133,15 @@ impl SteeringProgram {
             slot_socket: take_map(&mut ebpf, map_names::SLOT_SOCKET)?,
             socket_stats: take_map(&mut ebpf, map_names::SOCKET_STATS)?,
             socket_tags: take_map(&mut ebpf, map_names::SOCKET_TAGS)?,
+            sticky_table: take_map(&mut ebpf, map_names::STICKY)?,
             next_socket_id: 0,
             ebpf,
             program_name,
             policy,
+            sticky,
             live: LiveSlots::default(),
         };
-        let mut sticky: Array<MapData, u32> = take_map(&mut program.ebpf, map_names::STICKY)?;
-        for bucket in 0..STICKY_BUCKETS {
-            sticky
-                .set(bucket, sticky_owner(bucket, slots), 0)
-                .map_err(|e| other("writing the sticky table", &e))?;
-        }
+        program.write_sticky_table(&StickyTable::new(slots))?;
         for slot in 0..MAX_SLOTS {
             program
                 .slot_socket
@@ -151,6 +150,22 @@ impl SteeringProgram {
         }
         program.write_config()?;
         Ok(program)
+    }
+
+    /// Writes the sticky table (bucket → slot).
+    pub fn write_sticky_table(&mut self, table: &StickyTable) -> Result<(), ProgramError> {
+        for (bucket, slot) in table.entries() {
+            self.sticky_table
+                .set(bucket, slot, 0)
+                .map_err(|e| other("writing the sticky table", &e))?;
+        }
+        Ok(())
+    }
+
+    /// How many slots are in the selection.
+    #[must_use]
+    pub fn serving(&self) -> u32 {
+        self.live.len()
     }
 
     /// Whether queued connections of a closing socket are moved by this program.
@@ -288,6 +303,7 @@ impl SteeringProgram {
                 Policy::LeastConn => mode::LEAST_CONN,
             },
             live_count: self.live.len(),
+            sticky: self.sticky,
         };
         self.config
             .set(0, config, 0)

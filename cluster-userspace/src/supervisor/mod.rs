@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod output;
+pub mod parking;
 pub mod signals;
 pub mod spawn;
 
@@ -37,6 +38,7 @@ use tracing::{error, info, warn};
 use self::{
     backoff::{Backoff, RestartPolicy},
     output::WorkerPipes,
+    parking::{Parking, ParkingError},
     signals::{Received, SignalAction, Signals},
     spawn::{Handoff, SpawnError, WorkerProgram},
 };
@@ -64,6 +66,8 @@ pub enum SupervisorError {
     Steering(#[from] ProgramError),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Parking(#[from] ParkingError),
     #[error("{op} failed: {source}")]
     Os {
         op: &'static str,
@@ -132,7 +136,7 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
     };
     let slots = args.workers.resolve(cpus::usable());
     let addr = listener::reserve(listener::resolve(&args.listen)?)?;
-    let steering = Steering::new(args.steering, slots)?;
+    let steering = Steering::new(args.steering, slots, args.sticky_prefix)?;
     let options = Options {
         addr,
         slots,
@@ -245,6 +249,8 @@ struct Supervisor {
     steering: Steering,
     /// The one socket of `--steering shared`; the supervisor keeps it for restarts.
     shared: Option<Socket>,
+    /// With a program: the socket that keeps the group alive between workers ([`parking`]).
+    parking: Option<Parking>,
     notify: NotifySocket,
     slots: Vec<Slot>,
     policy: RestartPolicy,
@@ -263,6 +269,10 @@ impl Supervisor {
             )?),
             Sharing::ReusePort => None,
         };
+        let parking = match steering.program() {
+            Some(program) => Some(Parking::open(options.addr, options.backlog, program)?),
+            None => None,
+        };
         let notify = NotifySocket::bind().map_err(|source| SupervisorError::Os {
             op: "binding the readiness socket (NOTIFY_SOCKET)",
             source,
@@ -280,6 +290,7 @@ impl Supervisor {
             options,
             steering,
             shared,
+            parking,
             notify,
             slots,
             policy: RestartPolicy::default(),
@@ -464,6 +475,9 @@ impl Supervisor {
             error!(slot, pid = pid.as_raw(), error = %err, "worker runs but could not be added to the selection");
         }
         drop(own_socket);
+        if let Some(parking) = &mut self.parking {
+            parking.someone_serving(self.options.addr, self.options.backlog);
+        }
         if self.options.readiness != Readiness::Started {
             info!(slot, pid = pid.as_raw(), "worker ready");
         }
@@ -537,6 +551,11 @@ impl Supervisor {
         };
         if let Err(err) = self.steering.worker_gone(slot) {
             error!(slot, error = %err, "could not take the slot out of the selection");
+        }
+        if let Some(parking) = &mut self.parking
+            && self.steering.program().is_some_and(|p| p.serving() == 0)
+        {
+            parking.no_one_serving();
         }
         let entry = &mut self.slots[slot as usize];
         // A worker that never got ready failed to start, however long it took.
