@@ -31,9 +31,10 @@
 //! 4. least-conn cannot read a candidate's count: the candidate counts as unloaded;
 //! 5. nothing selected (no live slot, probes exhausted, or a map lookup failed): return `SK_PASS`
 //!    without a selection. The kernel then picks a group member by its 4-tuple hash
-//!    (`reuseport_select_sock_by_hash`). Every member of our group is a worker's socket (the
-//!    supervisor keeps no copies, and a closing worker's socket leaves the group at once), so the
-//!    connection is still served; `SK_DROP` would answer the SYN with a RST instead.
+//!    (`reuseport_select_sock_by_hash`). Every member of our group is a worker's socket, or the
+//!    supervisor's parking socket, which is replaced once a worker serves so that what waited on
+//!    it migrates; so the connection waits and is served. `SK_DROP` would answer the SYN with a
+//!    RST instead.
 //!    See net/core/filter.c `bpf_run_sk_reuseport` and net/core/sock_reuseport.c
 //!    `reuseport_select_sock`.
 #![no_std]
