@@ -63,7 +63,7 @@ use aya_ebpf::{
 };
 use cluster_common::{
     Config, MAX_PROBES, MAX_SLOTS, MAX_SOCKETS, STICKY_BUCKETS, Segment, SlotStats, SocketStats,
-    SocketTag, StickyHash, event, mode, probe_position, rotation, second_candidate,
+    SocketTag, StickyHash, event, mode, next_position, rotation, second_candidate,
     second_is_less_loaded, sticky_bucket, sticky_fallback_start, tcp_state, wrap_counter,
 };
 
@@ -134,6 +134,23 @@ pub fn select_worker(ctx: SkReuseportContext) -> u32 {
 #[sk_reuseport]
 pub fn select_worker_no_migrate(ctx: SkReuseportContext) -> u32 {
     select(&ctx, false)
+}
+
+/// The cost floor: a program that decides nothing (the kernel hashes). Loaded only to measure,
+/// beside the real one (`--steering floor-empty`, `cargo xtask cost`).
+#[sk_reuseport(migrate)]
+pub fn floor_empty(_ctx: SkReuseportContext) -> u32 {
+    SK_PASS
+}
+
+/// The cost of one selection: `bpf_sk_select_reuseport` of the first live slot, nothing else.
+/// Loaded only to measure (`--steering floor-select`).
+#[sk_reuseport(migrate)]
+pub fn floor_select(ctx: SkReuseportContext) -> u32 {
+    if let Some(&slot) = LIVE.get(0) {
+        let _ = SOCKETS.select_reuseport(&ctx, slot);
+    }
+    SK_PASS
 }
 
 #[inline(always)]
@@ -261,13 +278,13 @@ fn select_sticky(ctx: &SkReuseportContext, hash: u32, live_count: u32, kind: Kin
     )
 }
 
-/// Tries live-table positions `start`, `start + 1`, … (at most `MAX_PROBES`, at most
-/// `live_count`) and selects the first whose socket is present.
+/// Tries live-table positions `start` (below `live_count`), `start + 1`, …, wrapping (at most
+/// `MAX_PROBES`, at most `live_count`) and selects the first whose socket is present.
 #[inline(always)]
 fn pick_live(ctx: &SkReuseportContext, start: u32, live_count: u32, kind: Kind) -> u32 {
     let mut attempt = 0;
+    let mut position = start;
     while attempt < MAX_PROBES && attempt < live_count {
-        let position = probe_position(start, attempt, live_count);
         if let Some(&slot) = LIVE.get(position)
             && SOCKETS.select_reuseport(ctx, slot).is_ok()
         {
@@ -278,6 +295,7 @@ fn pick_live(ctx: &SkReuseportContext, start: u32, live_count: u32, kind: Kind) 
             return SK_PASS;
         }
         attempt += 1;
+        position = next_position(position, live_count);
     }
     count(event::LAST_RESORT);
     SK_PASS

@@ -78,6 +78,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub log_passthrough: bool,
 
+    /// Measure what the steering programs cost: turn on the kernel's BPF run-time stats for this
+    /// run and log each program's runs and nanoseconds per run at exit (`program cost`).
+    #[arg(long)]
+    pub bpf_stats: bool,
+
     /// How the log is written to stderr: `text` for people, `json` (one object per line) for
     /// log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -128,6 +133,7 @@ pub fn parse_worker_count(value: &str) -> Result<WorkerCount, String> {
     let n = match u32::try_from(n).ok().and_then(NonZeroU32::new) {
         None if n == 0 => return Err("the pool needs at least 1 worker".to_owned()),
         Some(n) if n.get() <= MAX_SLOTS => n,
+        _ if all_but => return Err(format!("-N leaves N CPUs out, at most {MAX_SLOTS}")),
         _ => return Err(format!("at most {MAX_SLOTS} workers are supported")),
     };
     Ok(if all_but {
@@ -174,16 +180,22 @@ pub fn parse_listen(value: &str) -> Result<ListenSpec, String> {
         return Ok(ListenSpec::AnyInterface { port: port(bare)? });
     }
     let usage = "expected HOST:PORT, [IPv6]:PORT, PORT or :PORT";
+    if value.starts_with('[') {
+        return Err(format!(
+            "{usage}; an IPv6 address in brackets needs a port after them, as in [::1]:8080"
+        ));
+    }
     let (host, port_text) = value.rsplit_once(':').ok_or(usage)?;
-    if host.contains(':') || host.contains('[') {
+    if host.contains(':') {
         return Err(format!(
             "{usage}; write an IPv6 address in brackets, as in [::1]:8080"
         ));
     }
+    // Host names as /etc/hosts and container runtimes write them, underscores included.
     if host.is_empty()
         || !host
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
     {
         return Err(format!("`{host}` is not a host name; {usage}"));
     }
@@ -237,6 +249,12 @@ pub enum SteeringMode {
     Hash,
     /// One listening socket shared by all workers: the OS wakes whichever worker accepts.
     Shared,
+    /// For measuring only: a program that decides nothing (the kernel hashes).
+    #[value(hide = true)]
+    FloorEmpty,
+    /// For measuring only: a program that makes one selection call, always the first worker.
+    #[value(hide = true)]
+    FloorSelect,
 }
 
 impl fmt::Display for SteeringMode {
@@ -247,6 +265,8 @@ impl fmt::Display for SteeringMode {
             Self::LeastConn => "least-conn",
             Self::Hash => "hash",
             Self::Shared => "shared",
+            Self::FloorEmpty => "floor-empty",
+            Self::FloorSelect => "floor-select",
         })
     }
 }
@@ -292,6 +312,11 @@ mod tests {
         );
         assert!(parse_worker_count("-x").unwrap_err().contains("`-N`"));
         assert!(parse_worker_count("-0").unwrap_err().contains("at least 1"));
+        assert!(
+            parse_worker_count("-2000")
+                .unwrap_err()
+                .contains("-N leaves N CPUs out")
+        );
         assert!(
             parse_worker_count("99999999999")
                 .unwrap_err()
@@ -340,6 +365,11 @@ mod tests {
             Ok(ListenSpec::Addr("[::]:80".parse().unwrap()))
         );
         assert!(parse_listen("::1:80").unwrap_err().contains("brackets"));
+        assert!(parse_listen("[::1]").unwrap_err().contains("needs a port"));
+        assert!(
+            parse_listen("my_host:80").is_ok(),
+            "underscores, as in /etc/hosts"
+        );
         assert!(parse_listen("70000").unwrap_err().contains("port number"));
         assert!(parse_listen("localhost").unwrap_err().contains("HOST:PORT"));
         assert!(parse_listen("a b:80").unwrap_err().contains("host name"));

@@ -19,6 +19,14 @@ const EXIT_WORKERS_KILLED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run(_) = cli.command
+        && let Err(err) = supervisor::signals::block()
+    {
+        telemetry::print_error(&format!(
+            "error: blocking signals (sigprocmask) failed: {err}"
+        ));
+        return ExitCode::FAILURE;
+    }
     let style = match &cli.command {
         Command::Run(args) => Style {
             format: args.log_format,
@@ -29,7 +37,7 @@ fn main() -> ExitCode {
             timestamps: std::env::var_os(handoff::OUTPUT_CAPTURED).is_none(),
         },
     };
-    telemetry::init(style);
+    let log = telemetry::init(style);
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Run(args) => supervisor::run(args)
             .map(|stopped| match stopped.killed.is_empty() {
@@ -41,6 +49,8 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
     };
+    // Write out the queued log before the last word, so it comes last.
+    drop(log);
     result.unwrap_or_else(|err| {
         // The one line a person reads. Every error's message already names its cause, so the
         // source chain (`{:#}`) would only repeat it.

@@ -14,7 +14,7 @@
 
 use std::{
     ffi::OsStr,
-    io::{self, IoSliceMut},
+    io,
     os::{
         fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
         linux::net::SocketAddrExt as _,
@@ -26,18 +26,13 @@ use std::{
 };
 
 use nix::{
-    sys::socket::{
-        ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt::PassCred,
-    },
+    sys::socket::{setsockopt, sockopt::PassCred},
     unistd::{Pid, getpgid},
 };
 use tokio::{io::Interest, net::UnixDatagram};
 
 /// The variable naming the socket.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
-
-/// Most descriptors one `SCM_RIGHTS` message can carry (`SCM_MAX_FD` in include/net/scm.h).
-const SCM_MAX_FD: usize = 253;
 
 /// One datagram from a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,59 +77,107 @@ impl NotifySocket {
     }
 
     /// Waits for the next datagram. Datagrams without credentials are skipped.
-    pub async fn recv(&self) -> io::Result<Notification> {
+    pub async fn recv(&self) -> Result<Notification, NotifyError> {
+        // sd_notify messages are at most 4096 bytes (systemd's NOTIFY_BUFFER_MAX).
+        let mut buf = [0u8; 4096];
         loop {
-            let received = self
+            let datagram = self
                 .socket
-                .async_io(Interest::READABLE, || receive(&self.socket))
+                .async_io(Interest::READABLE, || receive(&self.socket, &mut buf))
                 .await?;
-            if let Some(notification) = received {
-                return Ok(notification);
+            if datagram.truncated {
+                return Err(NotifyError::Truncated {
+                    sender: datagram.pid,
+                });
+            }
+            if let Some(pid) = datagram.pid {
+                return Ok(Notification {
+                    pid,
+                    group: getpgid(Some(Pid::from_raw(pid))).ok().map(Pid::as_raw),
+                    ready: says_ready(&buf[..datagram.len]),
+                });
             }
         }
     }
 }
 
-/// Reads one datagram. Descriptors it carries are closed before anything else; a datagram or
-/// control data that did not fit is an error naming the sender.
-fn receive(socket: &UnixDatagram) -> io::Result<Option<Notification>> {
-    // sd_notify messages are at most 4096 bytes (systemd's NOTIFY_BUFFER_MAX).
-    let mut buf = [0u8; 4096];
-    let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; SCM_MAX_FD]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let message = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let (bytes, flags) = (message.bytes, message.flags);
+/// Why a notification could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("reading a readiness notification failed: {0}")]
+    Io(#[from] io::Error),
+    #[error(
+        "a readiness notification from {} did not fit the receive buffer (MSG_TRUNC or MSG_CTRUNC) and was dropped; descriptors it carried were closed",
+        sender.map_or_else(|| "an unknown sender".to_owned(), |pid| format!("pid {pid}"))
+    )]
+    Truncated { sender: Option<i32> },
+}
+
+/// One datagram as read: the sender's pid (from its credentials), its text length, and whether
+/// the kernel had to cut data or control messages.
+struct Datagram {
+    pid: Option<i32>,
+    len: usize,
+    truncated: bool,
+}
+
+/// Reads one datagram into `buf`. Control messages are walked with the CMSG macros rather than
+/// nix's iterator, which gives up on the whole buffer when the kernel set MSG_CTRUNC: the
+/// kernel writes only whole messages (and, for SCM_RIGHTS, the descriptors that fit), so the
+/// walk is safe, and every descriptor received is closed here, which also answers a
+/// `BARRIER=1`.
+fn receive(socket: &UnixDatagram, buf: &mut [u8]) -> io::Result<Datagram> {
+    // Room for credentials and the most descriptors one message can carry, aligned for cmsghdr.
+    let mut control = [0u64; 160];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; the fields set below point at live buffers.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &raw mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.as_mut_ptr().cast();
+    header.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg writes within the buffers `header` describes.
+    let len = unsafe {
+        libc::recvmsg(
+            socket.as_raw_fd(),
+            &raw mut header,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    let len = usize::try_from(len).map_err(|_| io::Error::last_os_error())?;
     let mut pid = None;
-    for control in message.cmsgs()? {
-        match control {
-            ControlMessageOwned::ScmCredentials(creds) => pid = Some(creds.pid()),
-            ControlMessageOwned::ScmRights(fds) => {
-                for fd in fds {
-                    // SAFETY: the kernel just installed this descriptor for us; nothing else
-                    // knows it. Dropping it closes it, which also answers a BARRIER=1.
-                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: the CMSG macros walk the control data the kernel wrote, within msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const header);
+        while !cmsg.is_null() {
+            let data = libc::CMSG_DATA(cmsg);
+            let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
+                    if payload >= std::mem::size_of::<libc::ucred>() =>
+                {
+                    pid = Some(std::ptr::read_unaligned(data.cast::<libc::ucred>()).pid);
                 }
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                    for i in 0..payload / std::mem::size_of::<RawFd>() {
+                        let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                        // The kernel just installed it for us; nothing else knows it.
+                        drop(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+                _ => {}
             }
-            _ => {}
+            cmsg = libc::CMSG_NXTHDR(&raw const header, cmsg);
         }
     }
-    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
-        let sender = pid.map_or_else(|| "an unknown sender".to_owned(), |p| format!("pid {p}"));
-        return Err(io::Error::other(format!(
-            "a notification from {sender} did not fit the receive buffer (MSG_TRUNC or MSG_CTRUNC) and was dropped"
-        )));
-    }
-    let text = &buf[..bytes];
-    Ok(pid.map(|pid| Notification {
+    Ok(Datagram {
         pid,
-        group: getpgid(Some(Pid::from_raw(pid))).ok().map(Pid::as_raw),
-        ready: says_ready(text),
-    }))
+        len,
+        truncated: header.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0,
+    })
 }
 
 /// Whether a notification carries `READY=1` on one of its lines.
@@ -215,7 +258,7 @@ mod tests {
     fn a_barrier_is_answered_by_closing_its_descriptor() {
         use std::os::fd::AsFd as _;
 
-        use nix::sys::socket::{ControlMessage, sendmsg};
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
         runtime().block_on(async {
             let socket = test_socket("barrier");
             let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();

@@ -2,16 +2,22 @@
 //! `RUST_LOG` (default `info`), written to stderr as text or JSON. Also receives the `log`
 //! records aya emits.
 //!
-//! Writing the log never stops the process: when stderr's reader has gone (`cluster run | head`,
-//! a log shipper that restarts), a write fails with EPIPE, and the line is dropped and counted
-//! ([`dropped_lines`]) instead of ending the supervisor and with it the whole pool.
+//! Writing the log never stops or stalls the process. Lines go through a bounded queue to a
+//! writer thread (tracing-appender's lossy `non_blocking`): when stderr's reader stalls, the
+//! queue fills and further lines are dropped; when the reader has gone (`cluster run | head`, a
+//! log shipper that restarts), a write fails with EPIPE and the line is dropped. Both are
+//! counted ([`dropped_lines`]) instead of freezing or ending the supervisor and with it the whole
+//! pool.
 
 use std::{
     io::{self, IsTerminal as _, Write},
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
@@ -20,8 +26,12 @@ use crate::cli::LogFormat;
 /// `RUST_LOG` names them (`RUST_LOG=debug,aya=debug`).
 const QUIET_CRATES: [&str; 3] = ["aya", "aya_obj", "aya_log"];
 
-/// Log lines that could not be written since the process started.
-static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+/// Log lines whose write to stderr failed since the process started.
+static FAILED_WRITES: AtomicU64 = AtomicU64::new(0);
+/// Lines dropped because the queue to the writer thread was full.
+static QUEUE_DROPS: OnceLock<ErrorCounter> = OnceLock::new();
+/// Lines the queue holds before it drops; at about 200 bytes a line, some megabytes.
+const QUEUED_LINES: usize = 16_384;
 
 /// How the log looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +51,10 @@ impl Default for Style {
     }
 }
 
-/// Installs the subscriber. Call once, first thing in `main`.
-pub fn init(style: Style) {
+/// Installs the subscriber and starts the writer thread. Call once, first thing in `main`, and
+/// keep the guard until the end: dropping it writes out what is still queued. In the supervisor,
+/// block the signals it handles before this, so the writer thread is born with them blocked.
+pub fn init(style: Style) -> WorkerGuard {
     let requested = std::env::var("RUST_LOG").ok();
     let (filter, bad_filter) = match EnvFilter::try_new(filter_directives(requested.as_deref())) {
         Ok(filter) => (filter, None),
@@ -51,9 +63,15 @@ pub fn init(style: Style) {
             requested.map(|value| (value, err)),
         ),
     };
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("cluster-log")
+        .finish(LogWriter);
+    let _ = QUEUE_DROPS.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(LogWriter)
+        .with_writer(writer)
         .log_internal_errors(false);
     match (style.format, style.timestamps) {
         (LogFormat::Json, _) => builder.json().init(),
@@ -67,6 +85,7 @@ pub fn init(style: Style) {
     if let Some((value, err)) = bad_filter {
         tracing::warn!(rust_log = %value, error = %err, "ignoring invalid RUST_LOG, logging at info");
     }
+    guard
 }
 
 /// The filter for a `RUST_LOG` value: the value itself (default `info`), plus `warn` for each of
@@ -89,24 +108,20 @@ fn filter_directives(rust_log: Option<&str>) -> String {
     directives
 }
 
-/// How many log lines could not be written (stderr closed or failing) since the start.
+/// How many log lines were dropped since the start: the queue was full (stderr's reader
+/// stalled) or the write failed (stderr closed).
 #[must_use]
 pub fn dropped_lines() -> u64 {
-    DROPPED_LINES.load(Ordering::Relaxed)
+    let queued = QUEUE_DROPS
+        .get()
+        .map_or(0, |c| u64::try_from(c.dropped_lines()).unwrap_or(u64::MAX));
+    FAILED_WRITES.load(Ordering::Relaxed).saturating_add(queued)
 }
 
-/// stderr, with every write error swallowed and counted. tracing-subscriber writes one event per
+/// stderr, with every write error swallowed and counted. The writer thread writes one event per
 /// `write_all`, so one error is one dropped line.
 #[derive(Debug, Clone, Copy)]
 struct LogWriter;
-
-impl<'a> MakeWriter<'a> for LogWriter {
-    type Writer = Self;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        *self
-    }
-}
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -116,7 +131,7 @@ impl Write for LogWriter {
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         if io::stderr().lock().write_all(buf).is_err() {
-            DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+            FAILED_WRITES.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

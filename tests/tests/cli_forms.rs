@@ -57,6 +57,8 @@ fn a_bare_port_listens_on_every_interface_for_ipv4_and_ipv6_clients() {
     require_root();
     for listen in ["8080", ":8080"] {
         let (ns, clients) = namespace_with_clients();
+        // The sysctl that would make `[::]` IPv6-only: the pool sets IPV6_V6ONLY=0 itself.
+        ns.sysctl("net.ipv6.bindv6only", "1");
         let cluster = pool_in(&ns, &["--listen", listen, "--workers", "2"]);
         assert_eq!(cluster.addr(), "[::]:8080".parse().unwrap(), "{listen}");
         // 32 connections, half IPv4 and half IPv6, rotate over both workers exactly.

@@ -212,3 +212,60 @@ fn rust_log_debug_is_this_projects_debug_output() {
         "aya_obj=debug shows aya's lines:\n{log}"
     );
 }
+
+/// A worker that never stops printing: the supervisor still reads its signals and stops in time.
+#[test]
+fn a_worker_that_prints_without_pause_does_not_stall_the_supervisor() {
+    let mut command = cluster_run(&["--workers", "2", "--steering", "hash"]);
+    command.args([
+        "--shutdown-timeout",
+        "5",
+        "--",
+        "sh",
+        "-c",
+        "while :; do echo spam; done",
+    ]);
+    let cluster = Cluster::start_command(command);
+    thread::sleep(Duration::from_millis(500));
+    let spam = cluster.log().matches("spam").count();
+    assert!(spam > 100, "the workers' output is not read: {spam} lines");
+    // `stop` fails the test if the supervisor takes more than 30 s.
+    let (status, log) = cluster.stop();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+}
+
+/// A log reader that stops reading without going away (a stuck log shipper): the pipe fills, and
+/// the supervisor drops log lines instead of blocking on them.
+#[test]
+fn the_pool_outlives_a_stalled_log_reader() {
+    let mut command = cluster_run(&["--workers", "2", "--steering", "hash"]);
+    command.args(["--", "sh", "-c", "while :; do echo spam; done"]);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("start cluster");
+    let stalled = child.stderr.take().unwrap(); // held open, never read
+    thread::sleep(Duration::from_secs(2));
+    let supervisor = Pid::from_raw(i32::try_from(child.id()).unwrap());
+    kill(supervisor, Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the supervisor blocked on its stalled log");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    drop(stalled);
+    assert_eq!(status.code(), Some(0), "{status}");
+}

@@ -3,10 +3,10 @@
 //! parent's pid and then a `BARRIER=1` carrying a descriptor; as another user it can only send
 //! its own pid, a process in the worker's process group.
 
-use std::path::Path;
+use std::{os::unix::process::CommandExt as _, path::Path};
 
 use cluster_tests::{
-    Cluster, PYTHON_SERVER, SharedBinary, as_nobody, assert_exact_rotation, cluster_run,
+    Cluster, PYTHON_SERVER, SharedBinary, as_nobody, assert_exact_rotation, cluster_run, field,
     require_root, tally,
 };
 
@@ -69,4 +69,56 @@ fn systemd_notify_as_another_user() {
     assert_clean_readiness(&cluster, 2);
     let counts = tally(cluster.addr(), "/", 20, 2);
     assert_eq!(counts.values().sum::<u64>(), 20);
+}
+
+/// Sends READY=1 with 20 descriptors to a supervisor that may hold only 30 and holds about 16:
+/// the kernel installs what fits and truncates the control data (MSG_CTRUNC). Then sends a
+/// clean READY=1.
+const FLOODING_NOTIFIER: &str = r#"
+import os, socket
+target = os.environ["NOTIFY_SOCKET"]
+if target.startswith("@"):
+    target = "\0" + target[1:]
+client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+client.connect(target)
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(20)]
+socket.send_fds(client, [b"READY=1\n"], fds)
+client.send(b"READY=1\n")
+os.execvp("python3", ["python3", "-c", os.environ["SERVER"]])
+"#;
+
+#[test]
+fn a_truncated_notification_closes_its_descriptors_and_names_its_sender() {
+    let mut command = cluster_run(&["--workers", "1", "--steering", "hash", "--wait-ready"]);
+    command.args(["--", "python3", "-c", FLOODING_NOTIFIER]);
+    command.env("SERVER", PYTHON_SERVER);
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 30,
+                rlim_max: 30,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+            Ok(())
+        });
+    }
+    let cluster = Cluster::start_command(command);
+    let log = cluster.log();
+    let worker = cluster.started_pid(0, 0).unwrap();
+    let dropped = log
+        .lines()
+        .find(|l| l.contains("did not fit the receive buffer"))
+        .unwrap_or_else(|| panic!("the truncated notification was not reported:\n{log}"));
+    assert!(dropped.contains(&format!("pid {worker}")), "{dropped}");
+    let ready = log.lines().find(|l| l.contains("worker ready")).unwrap();
+    assert_eq!(field(ready, "pid"), Some(worker.to_string().as_str()));
+    // Every descriptor that arrived was closed: the supervisor holds its usual 16 or so, not
+    // the 14 that fit on top.
+    let held = std::fs::read_dir(format!("/proc/{}/fd", cluster.pid()))
+        .unwrap()
+        .count();
+    assert!(held <= 20, "the supervisor holds {held} descriptors");
+    let counts = tally(cluster.addr(), "/", 5, 1);
+    assert_eq!(counts.values().sum::<u64>(), 5);
 }

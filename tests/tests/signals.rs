@@ -236,3 +236,37 @@ fn fault_signals_keep_their_default_action() {
         "the worker outlived its supervisor"
     );
 }
+
+/// `nohup`, or a shell's `trap '' …`, ignores signals for the supervisor, which blocks others
+/// for its signalfd: a worker must still start with every signal at its default action, none
+/// blocked, and no descriptor beyond its hand-off (0 to 3).
+#[test]
+fn workers_start_with_a_clean_signal_state_and_only_their_descriptors() {
+    let mut command = std::process::Command::new("sh");
+    command.arg("-c").arg(format!(
+        "trap '' HUP INT QUIT USR1 TERM; exec 7</dev/null; exec {} run --listen 127.0.0.1:0 --workers 1 --steering hash -- sleep 300",
+        cluster_tests::cluster_binary().display()
+    ));
+    let cluster = Cluster::start_command(command);
+    let worker = cluster.started_pid(0, 0).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .to_owned()
+    };
+    assert_eq!(mask("SigBlk:"), "0000000000000000", "blocked signals");
+    assert_eq!(mask("SigIgn:"), "0000000000000000", "ignored signals");
+    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    assert_eq!(fds, vec![0, 1, 2, 3], "descriptors of the worker");
+    // SIGTERM reaches it: the stop is clean although the supervisor's parent ignored TERM.
+    let (status, log) = cluster.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+}

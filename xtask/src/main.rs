@@ -1,6 +1,7 @@
 //! `cargo xtask`: project tasks. `setup` installs what the eBPF build needs; `build`, `run`,
 //! `lint` and `test` run it first, then cargo with bpf-linker on PATH.
 
+mod cost;
 mod setup;
 
 use std::{
@@ -20,7 +21,9 @@ commands:
   build [ARGS]          build the host crates (the eBPF program is built by their build.rs)
   run [--debug] -- ARGS build (release unless --debug) and run `cluster run ARGS`
   lint                  clippy (host crates and the eBPF crate) and rustdoc, warnings denied
-  test [ARGS]           build and run every test (the integration tests need root)";
+  test [ARGS]           build and run every test (the integration tests need root)
+  cost [--workers N] [--seconds S] [--clients C] [--rounds R]
+                        what each steering program costs per decision, beside the floors (root)";
 
 /// Selects every crate built for the host: all but the eBPF crate, which only builds for the
 /// BPF target.
@@ -44,7 +47,10 @@ fn run(args: Vec<OsString>) -> Result<()> {
         eprintln!("{USAGE}");
         return Ok(());
     }
-    if !matches!(command, "setup" | "build" | "run" | "lint" | "test") {
+    if !matches!(
+        command,
+        "setup" | "build" | "run" | "lint" | "test" | "cost"
+    ) {
         bail!("unknown command `{command}`\n\n{USAGE}");
     }
     let tasks = Tasks::new()?;
@@ -59,6 +65,10 @@ fn run(args: Vec<OsString>) -> Result<()> {
         "build" => setup::run(tasks.cargo("build").args(HOST_CRATES).args(rest)),
         "run" => tasks.run_cluster(rest),
         "lint" => tasks.lint(),
+        "cost" => {
+            let options = cost::Options::parse(rest)?;
+            cost::run(&tasks.build_cluster("release")?, options)
+        }
         _ => tasks.test(rest),
     }
 }

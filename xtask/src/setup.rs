@@ -194,11 +194,12 @@ fn cache_dir() -> Result<PathBuf> {
 }
 
 /// Programs the integration tests run, with the Debian package of each.
-const TEST_TOOLS: [(&str, &str); 4] = [
+const TEST_TOOLS: [(&str, &str); 5] = [
     ("ip", "iproute2"),
     ("setcap", "libcap2-bin"),
     ("setpriv", "util-linux"),
     ("systemd-notify", "systemd"),
+    ("python3", "python3"),
 ];
 
 /// Installs the programs the integration tests need, with apt-get, when some are missing and

@@ -8,7 +8,10 @@ mod sticky;
 use std::os::fd::BorrowedFd;
 
 pub use live::LiveSlots;
-pub use program::{EventCounters, Policy, ProgramError, SlotCounters, SocketId, SteeringProgram};
+pub use program::{
+    EventCounters, Policy, ProgramCost, ProgramError, SlotCounters, SocketId, SteeringProgram,
+    enable_run_stats,
+};
 pub use sticky::StickyTable;
 
 use cluster_common::StickyHash;
@@ -38,6 +41,8 @@ impl Steering {
             SteeringMode::RoundRobin => Policy::RoundRobin,
             SteeringMode::Sticky => Policy::Sticky,
             SteeringMode::LeastConn => Policy::LeastConn,
+            SteeringMode::FloorEmpty => Policy::FloorEmpty,
+            SteeringMode::FloorSelect => Policy::FloorSelect,
             SteeringMode::Hash => return Ok(Self::KernelHash),
             SteeringMode::Shared => return Ok(Self::Shared),
         };

@@ -26,6 +26,9 @@ static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cluster
 const PROGRAM_MIGRATE: &str = "select_worker";
 /// Loaded as `BPF_SK_REUSEPORT_SELECT`, for kernels that refuse the migrate attach type.
 const PROGRAM_SELECT: &str = "select_worker_no_migrate";
+/// The cost floors, loaded only to measure against.
+const PROGRAM_FLOOR_EMPTY: &str = "floor_empty";
+const PROGRAM_FLOOR_SELECT: &str = "floor_select";
 /// The connection counter, a `tp_btf` program.
 const PROGRAM_COUNT: &str = "count_connections";
 /// The tracepoint it runs on (`sock:inet_sock_set_state`).
@@ -37,6 +40,30 @@ pub enum Policy {
     RoundRobin,
     Sticky,
     LeastConn,
+    /// A program that returns SK_PASS and nothing else: the cost floor.
+    FloorEmpty,
+    /// A program that makes one `bpf_sk_select_reuseport` call (always the first live slot).
+    FloorSelect,
+}
+
+impl Policy {
+    /// The selector programs to load, in order of preference.
+    fn programs(self) -> &'static [&'static str] {
+        match self {
+            Self::RoundRobin | Self::Sticky | Self::LeastConn => &[PROGRAM_MIGRATE, PROGRAM_SELECT],
+            Self::FloorEmpty => &[PROGRAM_FLOOR_EMPTY],
+            Self::FloorSelect => &[PROGRAM_FLOOR_SELECT],
+        }
+    }
+}
+
+/// What one program cost so far, from the kernel's own stats (counted only while
+/// [`enable_run_stats`] is held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramCost {
+    pub program: &'static str,
+    pub runs: u64,
+    pub run_time: std::time::Duration,
 }
 
 /// The id of one listening socket, below [`MAX_SOCKETS`]: the index of its counters.
@@ -47,7 +74,7 @@ pub struct SocketId(pub u32);
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
     #[error(
-        "loading the eBPF steering program was refused ({source}): run as root, or with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); `--steering hash` needs none of them"
+        "loading the eBPF steering program was refused ({source}): run as root, or with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), which `sudo setcap cap_bpf,cap_perfmon+ep` on the binary gives (see the README); `--steering hash` needs none of them"
     )]
     Privilege {
         #[source]
@@ -122,7 +149,7 @@ impl SteeringProgram {
     pub fn load(policy: Policy, slots: u32, sticky: StickyHash) -> Result<Self, ProgramError> {
         raise_memlock_limit();
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| classify("creating the eBPF maps", &e))?;
-        let program_name = load_program(&mut ebpf)?;
+        let program_name = load_program(&mut ebpf, policy.programs())?;
         attach_counter(&mut ebpf)?;
         let mut program = Self {
             sockets: take_map(&mut ebpf, map_names::SOCKETS)?,
@@ -160,6 +187,30 @@ impl SteeringProgram {
                 .map_err(|e| other("writing the sticky table", &e))?;
         }
         Ok(())
+    }
+
+    /// The run counts and times of the selector and the connection counter.
+    pub fn costs(&self) -> Result<[ProgramCost; 2], ProgramError> {
+        let cost = |program: &'static str| -> Result<ProgramCost, ProgramError> {
+            let info = self
+                .ebpf
+                .program(program)
+                .ok_or_else(|| missing(program))?
+                .info()
+                .map_err(|e| other("reading a program's stats", &e))?;
+            Ok(ProgramCost {
+                program,
+                runs: info.run_count(),
+                run_time: info.run_time(),
+            })
+        };
+        Ok([cost(self.program_name)?, cost(PROGRAM_COUNT)?])
+    }
+
+    /// What the program chooses by.
+    #[must_use]
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     /// How many slots are in the selection.
@@ -301,6 +352,7 @@ impl SteeringProgram {
                 Policy::RoundRobin => mode::ROUND_ROBIN,
                 Policy::Sticky => mode::STICKY,
                 Policy::LeastConn => mode::LEAST_CONN,
+                Policy::FloorEmpty | Policy::FloorSelect => mode::ROUND_ROBIN,
             },
             live_count: self.live.len(),
             sticky: self.sticky,
@@ -311,11 +363,19 @@ impl SteeringProgram {
     }
 }
 
-/// Loads the migrate-capable program, or the plain one where the kernel refuses the migrate
-/// attach type (before 5.14: EINVAL on `expected_attach_type`).
-fn load_program(ebpf: &mut Ebpf) -> Result<&'static str, ProgramError> {
+/// Turns on the kernel's run-time stats for BPF programs while the returned fd is open
+/// (`BPF_ENABLE_STATS`: reference-counted, off again when the last holder closes it; no sysctl).
+pub fn enable_run_stats() -> Result<std::os::fd::OwnedFd, ProgramError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| classify("enabling BPF run-time stats (BPF_ENABLE_STATS)", &e))
+}
+
+/// Loads the first of `names` that the kernel accepts: the migrate-capable selector, or the
+/// plain one where the kernel refuses the migrate attach type (before 5.14: EINVAL on
+/// `expected_attach_type`).
+fn load_program(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<&'static str, ProgramError> {
     let mut first_error = None;
-    for name in [PROGRAM_MIGRATE, PROGRAM_SELECT] {
+    for &name in names {
         let program: &mut SkReuseport = ebpf
             .program_mut(name)
             .ok_or_else(|| missing(name))?

@@ -47,7 +47,7 @@ use crate::{
     cpus,
     listener::{self, ListenError, Sharing},
     notify::{Notification, NotifySocket},
-    steering::{ProgramError, SocketId, Steering},
+    steering::{Policy, ProgramError, SocketId, Steering, enable_run_stats},
     telemetry,
 };
 
@@ -90,6 +90,8 @@ pub struct Options {
     /// Capture each worker's stdout and stderr and log them line by line (not
     /// `--log-passthrough`).
     pub capture_output: bool,
+    /// Measure the programs' cost (`--bpf-stats`).
+    pub bpf_stats: bool,
 }
 
 /// How the pool ended, when it was asked to stop.
@@ -114,13 +116,16 @@ pub enum Readiness {
 pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
     // Writes to a closed pipe fail with EPIPE instead of killing the supervisor. Rust's runtime
     // already ignores SIGPIPE; this states it where it matters. Workers get the default back.
-    // SAFETY: SIG_IGN installs no handler code.
-    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map_err(|e| {
-        SupervisorError::Os {
-            op: "ignoring SIGPIPE",
-            source: e.into(),
-        }
-    })?;
+    // SIGXFSZ likewise turns a log file past `ulimit -f` into EFBIG: a dropped line.
+    for ignored in [Signal::SIGPIPE, Signal::SIGXFSZ] {
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { nix::sys::signal::signal(ignored, SigHandler::SigIgn) }.map_err(|e| {
+            SupervisorError::Os {
+                op: "ignoring SIGPIPE and SIGXFSZ",
+                source: e.into(),
+            }
+        })?;
+    }
     let notified = Readiness::Notified {
         timeout: Duration::from_secs(args.ready_timeout),
     };
@@ -134,6 +139,10 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
         };
         (WorkerProgram::command(&args.command)?, readiness)
     };
+    spawn::raise_file_limit().map_err(|source| SupervisorError::Os {
+        op: "raising the open-file limit (RLIMIT_NOFILE)",
+        source,
+    })?;
     let slots = args.workers.resolve(cpus::usable());
     let addr = listener::reserve(listener::resolve(&args.listen)?)?;
     let steering = Steering::new(args.steering, slots, args.sticky_prefix)?;
@@ -146,6 +155,7 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
         program,
         readiness,
         capture_output: !args.log_passthrough,
+        bpf_stats: args.bpf_stats,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -257,6 +267,8 @@ struct Supervisor {
     announced_ready: bool,
     /// The tasks logging the workers' output.
     output: JoinSet<()>,
+    /// Keeps the kernel's BPF run-time stats on while the supervisor runs (`--bpf-stats`).
+    run_stats: Option<std::os::fd::OwnedFd>,
 }
 
 impl Supervisor {
@@ -269,14 +281,26 @@ impl Supervisor {
             )?),
             Sharing::ReusePort => None,
         };
+        // The floor that selects nothing leaves every connection to the kernel's hash, which
+        // would park some on the parking socket for good.
         let parking = match steering.program() {
-            Some(program) => Some(Parking::open(options.addr, options.backlog, program)?),
-            None => None,
+            Some(program) if program.policy() != Policy::FloorEmpty => {
+                Some(Parking::open(options.addr, options.backlog, program)?)
+            }
+            _ => None,
         };
         let notify = NotifySocket::bind().map_err(|source| SupervisorError::Os {
             op: "binding the readiness socket (NOTIFY_SOCKET)",
             source,
         })?;
+        let run_stats = match (options.bpf_stats, steering.program()) {
+            (false, _) => None,
+            (true, Some(_)) => Some(enable_run_stats()?),
+            (true, None) => {
+                warn!(steering = %options.mode, "--bpf-stats measures the steering program, and this mode has none");
+                None
+            }
+        };
         let now = Instant::now();
         let slots = (0..options.slots)
             .map(|_| Slot {
@@ -296,6 +320,7 @@ impl Supervisor {
             policy: RestartPolicy::default(),
             announced_ready: false,
             output: JoinSet::new(),
+            run_stats,
         })
     }
 
@@ -315,7 +340,7 @@ impl Supervisor {
                 },
                 notification = self.notify.recv() => match notification {
                     Ok(notification) => self.notified(&notification),
-                    Err(err) => warn!(error = %err, "reading a readiness notification failed"),
+                    Err(err) => warn!(error = %err, "readiness notification dropped"),
                 },
                 () = sleep_until(next_deadline.unwrap_or_else(Instant::now)), if next_deadline.is_some() => {}
             }
@@ -611,6 +636,9 @@ impl Supervisor {
                         Some(SignalAction::Stop) if stopped.killed.is_empty() => {
                             warn!(signal = %received.name(), sender = received.sender,
                                   "second stop signal; killing the workers still running");
+                            // signalfd hands out the lowest signal first: a SIGCHLD for workers
+                            // that already exited may still be pending behind this SIGINT.
+                            self.reap_stopping();
                             stopped.killed = self.kill_remaining();
                             deadline = Instant::now() + REAP_AFTER_KILL;
                         }
@@ -627,6 +655,10 @@ impl Supervisor {
                     if !stopped.killed.is_empty() {
                         let left: Vec<i32> = self.worker_pids().iter().map(|p| p.as_raw()).collect();
                         error!(pids = ?left, "workers still not reaped after SIGKILL; exiting without them");
+                        break;
+                    }
+                    self.reap_stopping();
+                    if self.worker_pids().is_empty() {
                         break;
                     }
                     warn!(timeout_s = self.options.shutdown_timeout.as_secs(),
@@ -739,6 +771,25 @@ impl Supervisor {
                 "steering events"
             ),
             Err(err) => warn!(error = %err, "could not read steering events"),
+        }
+        if self.run_stats.is_some() {
+            match program.costs() {
+                Ok(costs) => {
+                    for cost in costs {
+                        let ns_per_run = u64::try_from(cost.run_time.as_nanos())
+                            .unwrap_or(u64::MAX)
+                            .checked_div(cost.runs)
+                            .unwrap_or(0);
+                        info!(
+                            program = cost.program,
+                            runs = cost.runs,
+                            ns_per_run,
+                            "program cost"
+                        );
+                    }
+                }
+                Err(err) => warn!(error = %err, "could not read the programs' stats"),
+            }
         }
     }
 }

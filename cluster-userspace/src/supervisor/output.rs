@@ -2,8 +2,9 @@
 //! is logged as an event with the worker's `slot`, `pid` and `stream`, so the pool's log says
 //! which worker said what (what `pm2 logs` shows), in text or JSON like the rest of the log.
 //!
-//! Reading never blocks the event loop: each pipe is read by its own task on the supervisor's
-//! runtime, without blocking. A line longer than [`MAX_LINE`] bytes is cut there, with a marker.
+//! Reading never blocks or starves the event loop: each pipe is read by its own task on the
+//! supervisor's runtime, without blocking, and a task that always finds data still yields its
+//! turn. A line longer than [`MAX_LINE`] bytes is cut there, with a marker.
 
 use std::{
     fmt, io,
@@ -115,7 +116,13 @@ async fn forward(read: OwnedFd, source: Source) {
         }
         match pipe.try_read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => lines.push(&buf[..n], &mut emit),
+            Ok(n) => {
+                lines.push(&buf[..n], &mut emit);
+                // `readable()` is ready at once while the pipe has data, and a worker that
+                // never stops printing would keep it so: yield to the event loop (signals,
+                // timers) at the runtime's usual pace.
+                tokio::task::consume_budget().await;
+            }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             Err(err) => {
                 warn!(slot = source.slot, pid = source.pid.as_raw(), stream = %source.stream,

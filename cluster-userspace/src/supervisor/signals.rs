@@ -5,8 +5,9 @@
 //! The handled signals are blocked on the supervisor's thread (signalfd(2) needs that); a worker
 //! starts with an empty mask and default dispositions ([`super::spawn`]). Signals not handled
 //! here keep their default action: the faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP,
-//! SIGSYS), the job-control signals (SIGTSTP, SIGCONT, SIGSTOP) and SIGKILL. SIGPIPE is ignored
-//! (its disposition is SIG_IGN), so a closed pipe is a write error, not death.
+//! SIGSYS, SIGXCPU), the job-control signals (SIGTSTP, SIGCONT, SIGSTOP), SIGURG (ignored by
+//! default) and SIGKILL. SIGPIPE and SIGXFSZ are ignored (their disposition is SIG_IGN), so a
+//! closed pipe or a full log file is a write error, not death.
 
 use std::io;
 
@@ -59,6 +60,15 @@ pub fn action(signal: i32) -> Option<SignalAction> {
     })
 }
 
+/// Blocks every handled signal on the calling thread; threads it starts afterwards inherit the
+/// mask. Call first thing in the supervisor: a handled signal that arrives before the signalfd
+/// exists then waits for it instead of taking its default action (ending the pool), and no
+/// thread (the log writer's) is left to take one with its default action.
+pub fn block() -> io::Result<()> {
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None)?;
+    Ok(())
+}
+
 /// The set of every signal [`action`] handles.
 fn handled() -> SigSet {
     let mut raw = *SigSet::empty().as_ref();
@@ -106,11 +116,11 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// Blocks every handled signal on this thread and opens a signalfd for them. Call on the
-    /// event loop's thread, inside the runtime, before any worker starts.
+    /// Opens a signalfd for every handled signal, blocking them on this thread (see [`block`]).
+    /// Call on the event loop's thread, inside the runtime, before any worker starts.
     pub fn new() -> io::Result<Self> {
+        block()?;
         let set = handled();
-        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         // SAFETY: the SignalFd owns its descriptor and keeps it open, unchanged, for as long as
         // the AsyncFd that owns the SignalFd.

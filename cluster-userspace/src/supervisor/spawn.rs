@@ -34,6 +34,47 @@ const OWN_VARIABLES: [&str; 6] = [
     NOTIFY_SOCKET,
 ];
 
+/// The kernel's `struct sigaction` for `rt_sigaction(2)` on x86_64 and arm64
+/// (include/linux/signal_types.h `struct sigaction` without `SA_RESTORER` fields in use).
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// `close_range(2)`'s flag to mark descriptors close-on-exec instead of closing them
+/// (include/uapi/linux/close_range.h).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// RLIMIT_NOFILE as the supervisor found it; see [`raise_file_limit`].
+static ORIGINAL_FILE_LIMIT: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises this process's soft limit on open files to its hard limit: the supervisor holds two
+/// pipes per worker, so the usual soft limit of 1024 would cap the pool near 500 workers. Workers
+/// get the original limit back (a soft limit above 1024 breaks programs that use select(2)).
+pub fn raise_file_limit() -> io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let _ = ORIGINAL_FILE_LIMIT.set(limit);
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The demo worker is this very binary. Exec'd through the kernel's link rather than by path, it
 /// works even when the binary's directory is closed to the user running it (a checkout under
 /// `/root` run as another user), and after the file was rebuilt or removed.
@@ -177,6 +218,7 @@ pub fn spawn(program: &WorkerProgram, handoff: &Handoff<'_>) -> Result<Pid, Spaw
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| os("pipe2", e))?;
     let parent = nix::unistd::getpid();
     let mut pid_entry = [0u8; 32];
+    let file_limit = ORIGINAL_FILE_LIMIT.get().copied();
 
     // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls on memory
     // prepared above, and never returns.
@@ -195,6 +237,8 @@ pub fn spawn(program: &WorkerProgram, handoff: &Handoff<'_>) -> Result<Pid, Spaw
                     .map(|(out, err)| (out.as_raw_fd(), err.as_raw_fd())),
                 status: status_write.as_raw_fd(),
                 parent: parent.as_raw(),
+                last_signal: libc::SIGRTMAX(),
+                file_limit,
             })
         },
         ForkResult::Parent { child } => {
@@ -276,6 +320,10 @@ struct ChildPlan {
     output: Option<(RawFd, RawFd)>,
     status: RawFd,
     parent: libc::pid_t,
+    /// The highest signal number, to reset every disposition.
+    last_signal: libc::c_int,
+    /// RLIMIT_NOFILE as the supervisor found it, for the worker to get back.
+    file_limit: Option<libc::rlimit>,
 }
 
 /// Runs in the forked child: async-signal-safe calls only, no allocation.
@@ -297,11 +345,34 @@ unsafe fn exec_child(plan: &ChildPlan) -> ! {
             libc::_exit(1);
         }
         libc::setpgid(0, 0);
-        // A clean signal state: Rust ignores SIGPIPE and the mask is inherited.
+        // A clean signal state. The mask is inherited (the supervisor blocks the signals it
+        // reads from its signalfd), and so is every ignored disposition: Rust ignores SIGPIPE,
+        // and `nohup` or a shell's `trap '' TERM` may have ignored others for the supervisor.
+        // Handlers are reset by exec anyway.
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&raw mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &raw const none, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // The raw syscall, not glibc's signal(), which refuses glibc's own two real-time
+        // signals (32 and 33), and those can arrive ignored too. It fails, harmlessly, for
+        // SIGKILL and SIGSTOP.
+        let default = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for signal in 1..=plan.last_signal {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &raw const default,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+        if let Some(limit) = plan.file_limit {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+        }
 
         // Lift every fd we use above the ones we are about to fill (0 to 3), so none is
         // overwritten before it is read.
@@ -327,6 +398,11 @@ unsafe fn exec_child(plan: &ChildPlan) -> ! {
         {
             fail(status);
         }
+        // Nothing beyond the hand-off: every other descriptor the supervisor has, its own and any
+        // its parent left open without close-on-exec, closes at exec. (Close-on-exec rather than
+        // closed now: the status pipe must stay open until exec succeeds. Linux 5.11+; on older
+        // kernels the call fails and nothing changes.)
+        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
 
         let len = write_pid_entry(plan.pid_entry, libc::getpid());
         *plan.pid_entry.add(len) = 0;
