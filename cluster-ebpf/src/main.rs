@@ -91,6 +91,7 @@ static SOCKET_STATS: Array<SocketStats> = Array::with_max_entries(MAX_SOCKETS, 0
 /// `BPF_F_NO_PREALLOC`, and the tag must be copied to accepted connections, which takes
 /// `BPF_F_CLONE` as well (net/core/bpf_sk_storage.c `bpf_sk_storage_clone`).
 #[repr(C)]
+#[derive(Debug)]
 pub struct CloningSkStorage<T> {
     r#type: *const [i32; 24],     // BPF_MAP_TYPE_SK_STORAGE
     key: *const i32,              // the socket, as an fd from user space
