@@ -41,8 +41,8 @@ fn build() -> Result<(), String> {
     // Rerun when what the eBPF build runs changes: the linker and the nightly compiler, as
     // resolved now. Not on PATH itself: a new shell, an activated virtualenv or plain `cargo`
     // after `cargo xtask` changes PATH without changing either, and must not rebuild.
-    let linker = find_on_path("bpf-linker").ok_or(
-        "bpf-linker is not on PATH: run `cargo xtask setup`, or build with `cargo xtask build|run|test`, which put it on PATH",
+    let linker = find_on_path("bpf-linker").or_else(cached_linker).ok_or(
+        "bpf-linker is not on PATH nor in the cache: run `cargo xtask setup`, or build with `cargo xtask build|run|test`",
     )?;
     let rustup = find_on_path("rustup").ok_or(
         "rustup is not on PATH: install rustup (https://rustup.rs), then run `cargo xtask setup`",
@@ -79,7 +79,8 @@ fn build() -> Result<(), String> {
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)
         .current_dir(workspace)
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env("PATH", path_with(&linker)?);
     // The outer (stable) build's settings must not leak into the nightly one.
     for key in [
         "RUSTC",
@@ -132,6 +133,32 @@ fn nightly_rustc(rustup: &Path) -> Result<PathBuf, String> {
     }
     let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     Ok(PathBuf::from(path))
+}
+
+/// The bpf-linker `cargo xtask setup` built, in `$XDG_CACHE_HOME/cluster` or
+/// `~/.cache/cluster` (xtask/src/setup.rs), for a plain `cargo build` that lacks it on PATH.
+fn cached_linker() -> Option<PathBuf> {
+    let cache = env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
+        .join("cluster/bpf-linker");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("bin/bpf-linker")))
+        .filter(|p| p.is_file())
+        .collect();
+    // One per nightly; the newest build is the likeliest match.
+    found.sort_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
+    found.pop()
+}
+
+/// PATH with the linker's directory first, for the nested eBPF build.
+fn path_with(linker: &Path) -> Result<std::ffi::OsString, String> {
+    let dir = linker.parent().ok_or("bpf-linker has no directory")?;
+    let current = env::var_os("PATH").unwrap_or_default();
+    let dirs = std::iter::once(dir.to_path_buf()).chain(env::split_paths(&current));
+    env::join_paths(dirs).map_err(|e| format!("a PATH entry cannot be joined: {e}"))
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {

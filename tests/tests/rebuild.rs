@@ -18,7 +18,7 @@ fn a_build_with_another_path_compiles_nothing() {
         .and_then(|profile| profile.parent())
         .expect("target/<profile>/cluster");
     // PATH without the bpf-linker that `cargo xtask` put first, plus a directory that does not
-    // exist: if the build script ran again, it would fail for want of bpf-linker.
+    // exist, as a new shell or plain `cargo` would have it.
     let path = env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = env::split_paths(&path)
         .filter(|dir| !dir.join("bpf-linker").exists())

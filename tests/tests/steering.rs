@@ -205,6 +205,12 @@ fn shared_mode_serves_from_one_socket() {
     eprintln!("shared, 2 workers, 200 connections: {counts:?}");
     assert_eq!(counts.values().sum::<u64>(), 200);
     assert!(counts.keys().all(|slot| *slot < 2), "{counts:?}");
+    let port = cluster.addr().port();
+    let listening = cluster_tests::listening_sockets()
+        .into_iter()
+        .filter(|(_, p)| *p == port)
+        .count();
+    assert_eq!(listening, 1, "shared mode has exactly one listening socket");
     // The one socket is exclusive: nobody else can bind the port, SO_REUSEPORT or not.
     let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     other.set_reuse_port(true).unwrap();
