@@ -329,21 +329,8 @@ impl Cluster {
         let mut child = self.child.take().expect("running");
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
         let _ = nix::sys::signal::kill(pid, signal);
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for cluster") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "cluster did not exit within {EXIT_TIMEOUT:?} of {signal}:\n{}",
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("cluster did not exit after {signal}:\n{}", self.log());
+        wait_for_exit(&mut child, EXIT_TIMEOUT, &what)
     }
 }
 
@@ -372,18 +359,8 @@ pub fn run_to_exit(mut command: Command) -> (ExitStatus, String) {
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`cluster` hung instead of exiting: {command:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let what = format!("`cluster` hung instead of exiting: {command:?}");
+    let status = wait_for_exit(&mut child, Duration::from_secs(30), &what);
     (status, reader.join().expect("stderr reader"))
 }
 
@@ -658,6 +635,36 @@ pub fn steering_stats(log: &str) -> BTreeMap<u32, (u64, u64)> {
             ))
         })
         .collect()
+}
+
+/// Asserts that the program's per-slot connection counters in the final log equal what the
+/// workers answered (`counts`: slot → requests), slot by slot.
+pub fn assert_counters_match(log: &str, counts: &BTreeMap<u32, u64>) {
+    let connections: BTreeMap<u32, u64> = steering_stats(log)
+        .into_iter()
+        .map(|(slot, (connections, _))| (slot, connections))
+        .collect();
+    assert_eq!(
+        &connections, counts,
+        "the program's counters disagree with the workers\n{log}"
+    );
+}
+
+/// Waits up to `timeout` for `child` to exit; kills it and fails the test with `what` if it
+/// does not.
+pub fn wait_for_exit(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for cluster") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The program's `steering events` counters from the supervisor's final log: name → count.

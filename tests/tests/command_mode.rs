@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use cluster_tests::{
-    Cluster, PYTHON_SERVER, assert_exact_rotation, cluster_run, ready_line, require_root,
-    steering_stats, tally,
+    Cluster, PYTHON_SERVER, assert_counters_match, assert_exact_rotation, cluster_run, ready_line,
+    require_root, tally,
 };
 
 #[test]
@@ -22,11 +22,7 @@ fn a_python_server_on_fd_3_is_balanced_like_the_demo() {
         !log.contains("Traceback"),
         "the Python server failed:\n{log}"
     );
-    let connections: std::collections::BTreeMap<u32, u64> = steering_stats(&log)
-        .into_iter()
-        .map(|(slot, (sel, _))| (slot, sel))
-        .collect();
-    assert_eq!(connections, counts, "{log}");
+    assert_counters_match(&log, &counts);
 }
 
 #[test]

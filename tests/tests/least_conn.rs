@@ -15,8 +15,8 @@ use std::{
 };
 
 use cluster_tests::{
-    Cluster, PYTHON_SERVER, assert_exact_rotation, assert_no_fallback, cluster_run, field, get,
-    require_root, steering_stats, tally,
+    Cluster, PYTHON_SERVER, assert_counters_match, assert_exact_rotation, assert_no_fallback,
+    cluster_run, field, get, require_root, tally,
 };
 use nix::sys::signal::{Signal, kill};
 
@@ -73,11 +73,7 @@ fn equal_load_rotates_exactly() {
     assert_exact_rotation(&counts, 4);
     let (status, log) = cluster.stop();
     assert!(status.success(), "{log}");
-    let connections: BTreeMap<u32, u64> = steering_stats(&log)
-        .into_iter()
-        .map(|(slot, (c, _))| (slot, c))
-        .collect();
-    assert_eq!(connections, counts, "{log}");
+    assert_counters_match(&log, &counts);
     assert_no_fallback(&log);
 }
 

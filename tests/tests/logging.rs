@@ -10,7 +10,7 @@ use std::{
 };
 
 use cluster_tests::{
-    Cluster, cluster_command, cluster_run, field, free_local_addr, get, require_root,
+    Cluster, cluster_command, cluster_run, field, free_local_addr, get, require_root, wait_for_exit,
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -68,17 +68,11 @@ fn the_pool_outlives_the_reader_of_its_log() {
     }
     kill(supervisor, Signal::SIGUSR1).unwrap(); // one more line into the closed pipe
     kill(supervisor, Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the supervisor did not stop");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_for_exit(
+        &mut child,
+        Duration::from_secs(20),
+        "the supervisor did not stop",
+    );
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
@@ -254,18 +248,11 @@ fn the_pool_outlives_a_stalled_log_reader() {
     thread::sleep(Duration::from_secs(2));
     let supervisor = Pid::from_raw(i32::try_from(child.id()).unwrap());
     kill(supervisor, Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the supervisor blocked on its stalled log");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_for_exit(
+        &mut child,
+        Duration::from_secs(20),
+        "the supervisor blocked on its stalled log and did not stop",
+    );
     drop(stalled);
     assert_eq!(status.code(), Some(0), "{status}");
 }

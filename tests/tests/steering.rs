@@ -9,8 +9,8 @@ use std::{
 };
 
 use cluster_tests::{
-    Cluster, NetNs, PYTHON_SERVER, assert_exact_rotation, assert_no_fallback, cluster_command,
-    cluster_run, get, require_root, steering_stats, tally,
+    Cluster, NetNs, PYTHON_SERVER, assert_counters_match, assert_exact_rotation,
+    assert_no_fallback, cluster_command, cluster_run, get, require_root, steering_stats, tally,
 };
 
 fn round_robin(workers: u32) {
@@ -27,12 +27,7 @@ fn round_robin(workers: u32) {
 
     let (status, log) = cluster.stop();
     assert!(status.success(), "{status}\n{log}");
-    let stats = steering_stats(&log);
-    let connections: BTreeMap<u32, u64> = stats.iter().map(|(s, (c, _))| (*s, *c)).collect();
-    assert_eq!(
-        connections, counts,
-        "the program's counters disagree with the workers\n{log}"
-    );
+    assert_counters_match(&log, &counts);
     assert_no_fallback(&log);
 }
 
@@ -88,6 +83,12 @@ fn sticky_map(
         .collect()
 }
 
+/// SIGKILLs worker `pid` of `slot` and waits for the supervisor to start its replacement.
+fn kill_and_await_replacement(cluster: &Cluster, slot: u32, pid: i32) -> Option<nix::unistd::Pid> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    cluster.wait_for_log(Duration::from_secs(10), |_| cluster.started_pid(slot, 1))
+}
+
 fn slots_used(map: &BTreeMap<IpAddr, (u32, i32)>) -> BTreeSet<u32> {
     map.values().map(|(slot, _)| *slot).collect()
 }
@@ -105,15 +106,7 @@ fn sticky_keeps_each_address_on_one_worker_across_a_replacement() {
 
     // Kill the worker of the first client's slot; wait for its replacement to serve.
     let (victim_slot, victim_pid) = before[&clients[0]];
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim_pid),
-        nix::sys::signal::SIGKILL,
-    )
-    .unwrap();
-    let replaced = cluster.wait_for_log(Duration::from_secs(10), |_| {
-        cluster.started_pid(victim_slot, 1)
-    });
-    let new_pid = replaced
+    let new_pid = kill_and_await_replacement(&cluster, victim_slot, victim_pid)
         .unwrap_or_else(|| panic!("slot {victim_slot} was not refilled\n{}", cluster.log()));
     let ready = format!("worker ready slot={victim_slot} pid={new_pid}");
     let joined = cluster.wait_for_log(Duration::from_secs(10), |log| {
@@ -235,14 +228,7 @@ fn sticky_moves_only_the_clients_of_an_empty_slot() {
     let cluster = Cluster::start_command(command);
     let before = sticky_map(cluster.addr(), &clients, 3);
     let (victim_slot, victim_pid) = before[&clients[0]];
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim_pid),
-        nix::sys::signal::SIGKILL,
-    )
-    .unwrap();
-    let replaced = cluster.wait_for_log(Duration::from_secs(10), |_| {
-        cluster.started_pid(victim_slot, 1)
-    });
+    let replaced = kill_and_await_replacement(&cluster, victim_slot, victim_pid);
     assert!(replaced.is_some(), "{}", cluster.log());
     let after = sticky_map(cluster.addr(), &clients, 3);
     for slot in 0..4 {

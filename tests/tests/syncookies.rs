@@ -11,8 +11,8 @@ use std::{
 };
 
 use cluster_tests::{
-    Cluster, NetNs, assert_exact_rotation, assert_no_fallback, cluster_command, get, require_root,
-    steering_stats, tally,
+    Cluster, NetNs, assert_counters_match, assert_exact_rotation, assert_no_fallback,
+    cluster_command, get, require_root, steering_stats, tally,
 };
 
 fn pool_with_cookies(args: &[&str]) -> (NetNs, Cluster) {
@@ -34,14 +34,7 @@ fn round_robin_with_cookies(workers: u32) {
     assert_exact_rotation(&counts, workers);
     let (status, log) = cluster.stop();
     assert!(status.success(), "{log}");
-    let connections: BTreeMap<u32, u64> = steering_stats(&log)
-        .into_iter()
-        .map(|(slot, (c, _))| (slot, c))
-        .collect();
-    assert_eq!(
-        connections, counts,
-        "counters must count connections\n{log}"
-    );
+    assert_counters_match(&log, &counts);
     assert_no_fallback(&log);
 }
 
