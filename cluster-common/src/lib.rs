@@ -145,10 +145,6 @@ pub struct StickyHash {
 }
 
 impl StickyHash {
-    /// The whole IPv4 address and the IPv6 /64.
-    pub const DEFAULT_V4_PREFIX: u32 = 32;
-    pub const DEFAULT_V6_PREFIX: u32 = 64;
-
     /// The hash of an IPv4 address (network byte order, as on the wire).
     #[inline(always)]
     #[must_use]
@@ -157,20 +153,26 @@ impl StickyHash {
         mix32(mix32(word ^ self.key[0]) ^ self.key[1])
     }
 
-    /// The hash of an IPv6 address (network byte order). An IPv4-mapped address
-    /// (`::ffff:a.b.c.d`, how a dual-stack socket sees an IPv4 client) hashes as the IPv4
-    /// address, so both views of one client agree.
+    /// The hash of an IPv6 address (network byte order), see [`Self::ipv6_words`].
     #[inline(always)]
     #[must_use]
     pub const fn ipv6(&self, addr: [u8; 16]) -> u32 {
-        let words = [
+        self.ipv6_words([
             u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]),
             u32::from_be_bytes([addr[4], addr[5], addr[6], addr[7]]),
             u32::from_be_bytes([addr[8], addr[9], addr[10], addr[11]]),
             u32::from_be_bytes([addr[12], addr[13], addr[14], addr[15]]),
-        ];
+        ])
+    }
+
+    /// The hash of an IPv6 address as four 32-bit words, most significant first. An IPv4-mapped
+    /// address (`::ffff:a.b.c.d`, how a dual-stack socket sees an IPv4 client) hashes as the
+    /// IPv4 address, so both views of one client agree.
+    #[inline(always)]
+    #[must_use]
+    pub const fn ipv6_words(&self, words: [u32; 4]) -> u32 {
         if words[0] == 0 && words[1] == 0 && words[2] == 0x0000_ffff {
-            return self.ipv4([addr[12], addr[13], addr[14], addr[15]]);
+            return self.ipv4(words[3].to_be_bytes());
         }
         let mut h = self.key[0] ^ 0x6a09_e667;
         let mut i = 0;

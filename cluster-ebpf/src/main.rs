@@ -322,7 +322,7 @@ fn source_address_hash(ctx: &SkReuseportContext, sticky: &StickyHash) -> Option<
 
 /// The client address of a connection being migrated, hashed as its SYN was: the remote end
 /// (`dst_ip4`/`dst_ip6`) of the moving socket. An IPv4 client of a dual-stack socket shows as
-/// `::ffff:a.b.c.d`, which `StickyHash::ipv6` hashes as the IPv4 address.
+/// `::ffff:a.b.c.d`, which `StickyHash::ipv6_words` hashes as the IPv4 address.
 #[inline(always)]
 fn migrating_address_hash(migrating: &SockContext, sticky: &StickyHash) -> u32 {
     let sock = migrating.sock;
@@ -334,23 +334,9 @@ fn migrating_address_hash(migrating: &SockContext, sticky: &StickyHash) -> u32 {
             let addr = ptr::read_volatile(&raw const (*sock).dst_ip4);
             return sticky.ipv4(addr.to_ne_bytes());
         }
-        let words = [
-            ptr::read_volatile(&raw const (*sock).dst_ip6[0]),
-            ptr::read_volatile(&raw const (*sock).dst_ip6[1]),
-            ptr::read_volatile(&raw const (*sock).dst_ip6[2]),
-            ptr::read_volatile(&raw const (*sock).dst_ip6[3]),
-        ];
-        let mut addr = [0u8; 16];
-        let mut i = 0;
-        while i < 4 {
-            let bytes = words[i].to_ne_bytes();
-            addr[i * 4] = bytes[0];
-            addr[i * 4 + 1] = bytes[1];
-            addr[i * 4 + 2] = bytes[2];
-            addr[i * 4 + 3] = bytes[3];
-            i += 1;
-        }
-        sticky.ipv6(addr)
+        // Each word is in network byte order, as on the wire.
+        let word = |i: usize| u32::from_be(ptr::read_volatile(&raw const (*sock).dst_ip6[i]));
+        sticky.ipv6_words([word(0), word(1), word(2), word(3)])
     }
 }
 

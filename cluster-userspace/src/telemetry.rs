@@ -11,10 +11,11 @@
 
 use std::{
     io::{self, IsTerminal as _, Write},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
-
-use std::sync::OnceLock;
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
@@ -40,15 +41,6 @@ pub struct Style {
     /// Whether each line starts with a timestamp. A demo worker whose output the supervisor
     /// captures leaves it out: the supervisor's line carries one.
     pub timestamps: bool,
-}
-
-impl Default for Style {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            timestamps: true,
-        }
-    }
 }
 
 /// Installs the subscriber and starts the writer thread. Call once, first thing in `main`, and

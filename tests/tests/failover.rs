@@ -14,7 +14,8 @@ use std::{
 };
 
 use cluster_tests::{
-    Cluster, Failure, PYTHON_SERVER, cluster_run, get, require_root, steering_stats,
+    Cluster, Failure, PYTHON_SERVER, cluster_command, free_local_addr, get, require_root,
+    steering_stats,
 };
 use nix::sys::signal::{Signal, kill};
 
@@ -161,8 +162,8 @@ fn connections_queued_on_a_killed_worker_are_migrated() {
 
 /// One slot. Its first worker never accepts and never reports ready, and is killed at the 1 s
 /// ready timeout; the second serves and reports ready. A client that connects before either has
-/// served waits (on the starting socket, then on the supervisor's parking socket when the first
-/// worker's socket closes) and is answered by the second.
+/// served waits (on the starting socket or the supervisor's parking socket; what is queued on
+/// the first worker's socket migrates when it closes) and is answered by the second.
 #[test]
 fn with_no_worker_serving_a_connection_waits_for_one() {
     require_root();
@@ -170,22 +171,15 @@ fn with_no_worker_serving_a_connection_waits_for_one() {
     let _ = std::fs::remove_file(&marker);
     let script =
         "if [ -e \"$1\" ]; then exec python3 -c \"$0\" notify; fi; touch \"$1\"; exec sleep 60";
-    let mut command = cluster_run(&["--workers", "1", "--wait-ready", "--ready-timeout", "1"]);
+    let addr = free_local_addr();
+    let mut command = cluster_command(&["run", "--listen", &addr.to_string(), "--workers", "1"]);
     command
+        .args(["--wait-ready", "--ready-timeout", "1"])
         .args(["--", "sh", "-c", script, PYTHON_SERVER])
         .arg(&marker);
     let cluster = Cluster::spawn_command(command);
-    let started = cluster.wait_for_log(Duration::from_secs(10), |log| {
-        log.contains("ready addr=").then_some(()).or_else(|| {
-            log.lines()
-                .find(|l| l.contains("worker started"))
-                .map(|_| ())
-        })
-    });
+    let started = cluster.wait_for_log(Duration::from_secs(10), |_| cluster.started_pid(0, 0));
     assert!(started.is_some(), "{}", cluster.log());
-    // The address is not known before `ready`; read it from the socket table instead: the one
-    // the supervisor listens on is the port.
-    let addr = wait_for_listen_addr(&cluster);
     let reply = get(addr, "/", None);
     let log = cluster.log();
     let _ = std::fs::remove_file(&marker);
@@ -200,23 +194,4 @@ fn with_no_worker_serving_a_connection_waits_for_one() {
         cluster.started_pid(0, 1).map(|p| p.as_raw()),
         "{log}"
     );
-}
-
-/// The port the pool listens on, from /proc/net/tcp: a listening socket whose inode the
-/// supervisor holds (its parking socket).
-fn wait_for_listen_addr(cluster: &Cluster) -> std::net::SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let held = cluster_tests::socket_inodes(cluster.pid());
-        for (inode, port) in cluster_tests::listening_sockets() {
-            if held.contains(&inode) {
-                return std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no listening socket held by the supervisor"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -295,8 +295,9 @@ fn the_sticky_prefix_keeps_a_network_together() {
 #[test]
 fn a_worker_that_never_reports_ready_gets_no_connection() {
     require_root();
-    let mut command = cluster_run(&["--workers", "3", "--wait-ready", "--ready-timeout", "60"]);
-    command.args(["--", "sh", "-c"]);
+    let addr = cluster_tests::free_local_addr();
+    let mut command = cluster_command(&["run", "--listen", &addr.to_string(), "--workers", "3"]);
+    command.args(["--wait-ready", "--ready-timeout", "60", "--", "sh", "-c"]);
     command.arg(r#"if [ "$CLUSTER_WORKER_ID" = 0 ]; then exec python3 -c "$0"; fi; exec python3 -c "$0" notify"#);
     command.arg(PYTHON_SERVER);
     let cluster = Cluster::spawn_command(command);
@@ -306,12 +307,6 @@ fn a_worker_that_never_reports_ready_gets_no_connection() {
             .then_some(())
     });
     assert!(serving.is_some(), "{}", cluster.log());
-    let port = cluster_tests::listening_sockets()
-        .into_iter()
-        .find(|(inode, _)| cluster_tests::socket_inodes(cluster.pid()).contains(inode))
-        .map(|(_, port)| port)
-        .expect("the supervisor's parking socket");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let counts = tally(addr, "/", 60, 2);
     assert_eq!(
         counts.keys().copied().collect::<Vec<_>>(),

@@ -9,8 +9,8 @@ use std::os::fd::BorrowedFd;
 
 pub use live::LiveSlots;
 pub use program::{
-    EventCounters, Policy, ProgramCost, ProgramError, SlotCounters, SocketId, SteeringProgram,
-    enable_run_stats,
+    EventCounters, Policy, ProgramCost, ProgramError, SlotCounters, SocketCounters, SocketId,
+    SteeringProgram, enable_run_stats,
 };
 pub use sticky::StickyTable;
 

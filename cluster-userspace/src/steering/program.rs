@@ -66,6 +66,16 @@ pub struct ProgramCost {
     pub run_time: std::time::Duration,
 }
 
+/// The counters of one listening socket (one worker incarnation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketCounters {
+    /// Connections open on it now. Signed: the kernel skips a tracing program nested in itself
+    /// on one CPU, and a skipped update can leave the count below zero (see the README).
+    pub open: i64,
+    /// Connections established on it since it was opened.
+    pub connections: u64,
+}
+
 /// The id of one listening socket, below [`MAX_SOCKETS`]: the index of its counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketId(pub u32);
@@ -307,14 +317,16 @@ impl SteeringProgram {
             }))
     }
 
-    /// The counters of the socket tagged `id`. `open` is signed: an update the kernel skipped
-    /// (see [`Self::tag`] and the README) can leave it below zero.
-    pub fn socket_counters(&self, id: SocketId) -> Result<(i64, u64), ProgramError> {
+    /// The counters of the socket tagged `id`.
+    pub fn socket_counters(&self, id: SocketId) -> Result<SocketCounters, ProgramError> {
         let stats = self
             .socket_stats
             .get(&id.0, 0)
             .map_err(|e| other("reading SOCKET_STATS", &e))?;
-        Ok((stats.open.cast_signed(), stats.connections))
+        Ok(SocketCounters {
+            open: stats.open.cast_signed(),
+            connections: stats.connections,
+        })
     }
 
     /// The program's fallback counters.

@@ -3,9 +3,10 @@
 //!
 //! One event loop on one thread, joined by signals ([`signals`]), readiness notifications and
 //! timers (restarts, readiness deadlines); later inputs (a control socket) join the same
-//! `select!`. Single-threaded on purpose: fork is only safe in a process without other threads,
-//! PR_SET_PDEATHSIG fires when the *thread* that forked exits, and signalfd needs the signals
-//! blocked on every thread.
+//! `select!`, on one thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits, so the
+//! forking thread must live as long as the pool. The only other thread writes the log
+//! ([`crate::telemetry`]); it starts after the handled signals are blocked, so it never takes one,
+//! and a forked child makes only async-signal-safe calls before exec ([`spawn`]).
 
 pub mod backoff;
 pub mod output;
@@ -165,7 +166,7 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
             source,
         })?;
     runtime.block_on(async {
-        // First: from here on no handled signal can end the process, and none is lost.
+        // `main` already blocked the handled signals; from here they are read, none lost.
         let signals = Signals::new().map_err(|source| SupervisorError::Os {
             op: "setting up signal handling (signalfd)",
             source,
@@ -247,10 +248,8 @@ impl SlotState {
 struct Slot {
     state: SlotState,
     backoff: Backoff,
-    /// Workers started in this slot after the first.
-    restarts: u32,
-    /// Whether a worker was ever started in this slot.
-    ever_started: bool,
+    /// Workers started in this slot; all but the first were restarts.
+    starts: u32,
 }
 
 #[derive(Debug)]
@@ -306,8 +305,7 @@ impl Supervisor {
             .map(|_| Slot {
                 state: SlotState::Idle { start_at: now },
                 backoff: Backoff::default(),
-                restarts: 0,
-                ever_started: false,
+                starts: 0,
             })
             .collect();
         Ok(Self {
@@ -444,10 +442,7 @@ impl Supervisor {
             Readiness::Notified { timeout } => Some(now + timeout),
         };
         let entry = &mut self.slots[slot as usize];
-        if entry.ever_started {
-            entry.restarts += 1;
-        }
-        entry.ever_started = true;
+        entry.starts += 1;
         entry.state = SlotState::Starting {
             pid,
             socket: own_socket,
@@ -712,26 +707,26 @@ impl Supervisor {
     }
 
     /// Logs one line per slot (SIGUSR1): its worker's pid, phase, uptime and restarts, the
-    /// connections the program steered to the slot, and those open on the worker's socket now;
-    /// then one line for the pool.
+    /// connections the program steered to the slot, and, of the worker's own socket, the
+    /// connections open now and established since it started; then one line for the pool.
     fn log_status(&self) {
         let program = self.steering.program();
         for (slot, entry) in (0u32..).zip(&self.slots) {
             let steered = program
                 .and_then(|p| p.slot_counters(slot).ok())
                 .map(|c| c.connections + c.migrated);
-            let open = program
+            let socket = program
                 .zip(entry.state.socket_id())
-                .and_then(|(p, id)| p.socket_counters(id).ok())
-                .map(|(open, _)| open);
+                .and_then(|(p, id)| p.socket_counters(id).ok());
             info!(
                 slot,
                 pid = entry.state.pid().map(Pid::as_raw),
                 phase = %entry.state.phase(),
                 uptime_s = entry.state.started().map(|t| t.elapsed().as_secs()),
-                restarts = entry.restarts,
+                restarts = entry.starts.saturating_sub(1),
                 steered,
-                open,
+                open = socket.map(|c| c.open),
+                connections = socket.map(|c| c.connections),
                 "worker status"
             );
         }
