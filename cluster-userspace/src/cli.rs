@@ -62,6 +62,17 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_timeout: u64,
 
+    /// Seconds a replaced or removed worker gets to drain (finish what it accepted) before it
+    /// is killed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub drain_timeout: u64,
+
+    /// Slots replaced at once by a reload (SIGHUP, SIGUSR2).
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SLOTS)))]
+    pub reload_batch: u32,
+
     /// With a COMMAND: count a worker as serving only once it sends `READY=1` to
     /// `$NOTIFY_SOCKET` (sd_notify(3)), like PM2's `wait_ready`; without this flag, once it has
     /// started. The demo worker always reports readiness.

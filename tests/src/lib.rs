@@ -5,6 +5,8 @@
 //! Tests panic with the cluster's log instead of returning errors (as aya's integration tests
 //! do), and never skip: a missing privilege is a failure that says what is missing.
 
+pub mod load;
+
 use std::{
     collections::BTreeMap,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},

@@ -146,7 +146,7 @@ fn worker_output_in_a_json_log_is_json_with_the_same_fields() {
             (events.len() >= 8).then_some(events)
         })
         .unwrap_or_else(|| panic!("worker output missing\n{}", cluster.log()));
-    let started = events_of(&cluster.log(), "cluster::supervisor");
+    let started = events_of(&cluster.log(), "cluster::supervisor::pool");
     let pid0 = started
         .iter()
         .find(|e| e["fields"]["message"] == "worker started" && e["fields"]["slot"] == 0)

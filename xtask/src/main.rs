@@ -187,6 +187,11 @@ impl Tasks {
     fn test(&self, args: &[OsString]) -> Result<()> {
         setup::ensure_test_tools()?;
         self.build_cluster("dev")?;
-        setup::run(self.cargo("test").args(HOST_CRATES).args(args))
+        setup::run(
+            self.cargo("test")
+                .arg("--no-fail-fast")
+                .args(HOST_CRATES)
+                .args(args),
+        )
     }
 }

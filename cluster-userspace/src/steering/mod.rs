@@ -84,23 +84,34 @@ impl Steering {
         }
     }
 
-    /// `slot`'s worker is serving on `socket` (tagged `id`): steer connections to it.
-    pub fn worker_serving(
+    /// `socket` (tagged `id`) becomes `slot`'s serving socket, in place of any it had: steer
+    /// `slot`'s connections to it. Without a program there is nothing to write: under `hash` a
+    /// socket shares the load as soon as it listens, and `shared` has one socket.
+    pub fn serve(
         &mut self,
         slot: u32,
         socket: BorrowedFd<'_>,
         id: Option<SocketId>,
     ) -> Result<(), ProgramError> {
         match (self, id) {
-            (Self::Program(program), Some(id)) => program.add(slot, socket, id),
+            (Self::Program(program), Some(id)) => program.serve(slot, socket, id),
             _ => Ok(()),
         }
     }
 
-    /// `slot`'s worker is gone: steer nothing more to it.
-    pub fn worker_gone(&mut self, slot: u32) -> Result<(), ProgramError> {
+    /// `slot` has no serving socket any more: steer nothing to it.
+    pub fn unserve(&mut self, slot: u32) -> Result<(), ProgramError> {
         match self {
             Self::Program(program) => program.remove(slot),
+            Self::KernelHash | Self::Shared => Ok(()),
+        }
+    }
+
+    /// `slot` joins (`true`) or leaves the sticky table.
+    pub fn sticky_member(&mut self, slot: u32, member: bool) -> Result<(), ProgramError> {
+        match self {
+            Self::Program(program) if member => program.sticky_add(slot),
+            Self::Program(program) => program.sticky_remove(slot),
             Self::KernelHash | Self::Shared => Ok(()),
         }
     }

@@ -121,6 +121,8 @@ pub struct SteeringProgram {
     next_socket_id: u32,
     policy: Policy,
     sticky: StickyHash,
+    /// Which slot owns each sticky bucket.
+    sticky_slots: StickyTable,
     live: LiveSlots,
 }
 
@@ -176,9 +178,10 @@ impl SteeringProgram {
             program_name,
             policy,
             sticky,
+            sticky_slots: StickyTable::new(slots),
             live: LiveSlots::default(),
         };
-        program.write_sticky_table(&StickyTable::new(slots))?;
+        program.write_sticky_table()?;
         for slot in 0..MAX_SLOTS {
             program
                 .slot_socket
@@ -189,9 +192,24 @@ impl SteeringProgram {
         Ok(program)
     }
 
+    /// Adds `slot` to the sticky table: about 1/(N+1) of the client addresses move to it.
+    pub fn sticky_add(&mut self, slot: u32) -> Result<(), ProgramError> {
+        self.sticky_slots.add(slot);
+        self.write_sticky_table()
+    }
+
+    /// Removes `slot` from the sticky table: only its addresses move.
+    pub fn sticky_remove(&mut self, slot: u32) -> Result<(), ProgramError> {
+        self.sticky_slots.remove(slot);
+        self.write_sticky_table()
+    }
+
     /// Writes the sticky table (bucket → slot).
-    pub fn write_sticky_table(&mut self, table: &StickyTable) -> Result<(), ProgramError> {
-        for (bucket, slot) in table.entries() {
+    fn write_sticky_table(&mut self) -> Result<(), ProgramError> {
+        if self.policy != Policy::Sticky {
+            return Ok(());
+        }
+        for (bucket, slot) in self.sticky_slots.entries() {
             self.sticky_table
                 .set(bucket, slot, 0)
                 .map_err(|e| other("writing the sticky table", &e))?;
@@ -238,7 +256,7 @@ impl SteeringProgram {
     /// Attaches the program to the reuseport group of `socket`, which must be listening: the
     /// program belongs to the group and a socket that joins later uses it. Attaching again
     /// replaces it with itself, which also covers a group that emptied and was made anew
-    /// (../shared/docs/kernel-facts.md §5).
+    /// (`reuseport_attach_prog`, net/core/sock_reuseport.c).
     pub fn attach(&self, socket: BorrowedFd<'_>) -> Result<(), ProgramError> {
         let program: &SkReuseport = self
             .ebpf
@@ -272,27 +290,32 @@ impl SteeringProgram {
         Ok(SocketId(id))
     }
 
-    /// Puts `slot`'s socket, tagged `id`, into the selection.
-    pub fn add(
+    /// Makes `socket`, tagged `id`, `slot`'s socket in the selection. If the slot has one, the
+    /// update replaces it in place under the group's lock, so no connection ever finds the slot
+    /// empty (`reuseport_array_update_common`, kernel/bpf/reuseport_array.c); the old socket
+    /// stays in the group, listening, but is never selected again.
+    pub fn serve(
         &mut self,
         slot: u32,
         socket: BorrowedFd<'_>,
         id: SocketId,
     ) -> Result<(), ProgramError> {
-        self.slot_socket
-            .set(slot, id.0, 0)
-            .map_err(|e| other("writing SLOT_SOCKET", &e))?;
         self.sockets
             .set(slot, &socket.as_raw_fd(), 0)
             .map_err(|e| other("storing the worker socket in SOCKETS", &e))?;
+        self.slot_socket
+            .set(slot, id.0, 0)
+            .map_err(|e| other("writing SLOT_SOCKET", &e))?;
         if self.live.insert(slot) {
             self.write_live()?;
         }
         Ok(())
     }
 
-    /// Takes `slot` out of the selection. The kernel has already emptied its `SOCKETS` entry if
-    /// the socket closed (`bpf_sk_reuseport_detach`); clearing it again is harmless.
+    /// Takes `slot` out of the selection: its serving worker exited, or the slot was scaled
+    /// away. The kernel has already emptied its `SOCKETS` entry if the socket closed
+    /// (`bpf_sk_reuseport_detach`); clearing it again is harmless. Never called for a worker
+    /// that was replaced: its socket is no longer the slot's.
     pub fn remove(&mut self, slot: u32) -> Result<(), ProgramError> {
         let _already_empty = self.sockets.clear_index(&slot);
         if self.live.remove(slot) {

@@ -27,9 +27,10 @@ pub enum SignalAction {
     Stop,
     /// SIGUSR1: log one status line per worker.
     Status,
-    /// SIGHUP and SIGUSR2 (reload), SIGTTIN and SIGTTOU (scale up and down): logged and ignored
-    /// until the pool can reload and scale, so that sending one never ends the pool.
-    NotYetAvailable(&'static str),
+    /// SIGHUP and SIGUSR2: replace every worker, one slot (or `--reload-batch`) at a time.
+    Reload,
+    /// SIGTTIN (+1) and SIGTTOU (-1): scale the pool by one slot.
+    Scale(i32),
     /// Logged and ignored: SIGWINCH, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSTKFLT and
     /// the real-time signals. Their default action would end the supervisor and every worker.
     Ignore,
@@ -38,7 +39,7 @@ pub enum SignalAction {
 /// The action for `signal` (a signal number), or `None` when the signal keeps its default action.
 #[must_use]
 pub fn action(signal: i32) -> Option<SignalAction> {
-    use SignalAction::{Ignore, NotYetAvailable, Reap, Status, Stop};
+    use SignalAction::{Ignore, Reap, Reload, Scale, Status, Stop};
     if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal) {
         return Some(Ignore);
     }
@@ -46,9 +47,9 @@ pub fn action(signal: i32) -> Option<SignalAction> {
         Signal::SIGCHLD => Reap,
         Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT => Stop,
         Signal::SIGUSR1 => Status,
-        Signal::SIGHUP | Signal::SIGUSR2 => NotYetAvailable("reload"),
-        Signal::SIGTTIN => NotYetAvailable("scale up"),
-        Signal::SIGTTOU => NotYetAvailable("scale down"),
+        Signal::SIGHUP | Signal::SIGUSR2 => Reload,
+        Signal::SIGTTIN => Scale(1),
+        Signal::SIGTTOU => Scale(-1),
         Signal::SIGWINCH
         | Signal::SIGALRM
         | Signal::SIGVTALRM
@@ -158,10 +159,10 @@ mod tests {
             (libc::SIGINT, Some(Stop)),
             (libc::SIGQUIT, Some(Stop)),
             (libc::SIGUSR1, Some(Status)),
-            (libc::SIGHUP, Some(NotYetAvailable("reload"))),
-            (libc::SIGUSR2, Some(NotYetAvailable("reload"))),
-            (libc::SIGTTIN, Some(NotYetAvailable("scale up"))),
-            (libc::SIGTTOU, Some(NotYetAvailable("scale down"))),
+            (libc::SIGHUP, Some(Reload)),
+            (libc::SIGUSR2, Some(Reload)),
+            (libc::SIGTTIN, Some(Scale(1))),
+            (libc::SIGTTOU, Some(Scale(-1))),
             (libc::SIGWINCH, Some(Ignore)),
             (libc::SIGALRM, Some(Ignore)),
             (libc::SIGVTALRM, Some(Ignore)),

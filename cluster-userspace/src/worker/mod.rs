@@ -1,16 +1,28 @@
 //! The demo worker (`cluster worker`): an HTTP server on the listening socket it was handed,
-//! on one thread like a Node process, that drains in-flight requests on SIGTERM.
+//! on one thread like a Node process, that drains without losing a request on SIGTERM.
+//!
+//! Draining: accept whatever is queued, close the listener (the kernel migrates what arrives
+//! later to the serving workers), answer the next request on every connection with
+//! `Connection: close`, and close a connection that stays idle for 2 s (`IDLE_GRACE`). Closing idle
+//! keep-alive connections at once (hyper-util's graceful shutdown) races with a request the
+//! client is sending on one, and loses it (nginx/nginx#437).
 
 mod http;
 mod listen_fds;
 
 use std::{convert::Infallible, io, net::TcpListener as StdListener, time::Duration};
 
-use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
+use hyper::{
+    header::{CONNECTION, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
 use tokio::{
     net::{TcpListener, TcpStream},
     signal::unix::{SignalKind, signal},
+    sync::watch,
+    task::JoinSet,
     time::{MissedTickBehavior, interval, sleep},
 };
 use tracing::{debug, info, warn};
@@ -24,8 +36,9 @@ pub use self::listen_fds::ListenFdsError;
 /// socket arrive with no `sk_data_ready()`, so epoll never reports them
 /// (`inet_csk_reqsk_queue_add` in `inet_csk_listen_stop`, net/ipv4/inet_connection_sock.c).
 const MIGRATED_POLL: Duration = Duration::from_millis(50);
-/// How long in-flight connections get to finish after SIGTERM.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a keep-alive connection may stay idle once the worker drains before it is closed.
+/// A client still using it sends its next request sooner and gets `Connection: close`.
+const IDLE_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the demo worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +83,8 @@ async fn serve(listener: StdListener, identity: Identity) -> Result<(), WorkerEr
     let mut sigint = signal(SignalKind::interrupt()).map_err(io_error("handling SIGINT"))?;
     let mut poll = interval(MIGRATED_POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let graceful = GracefulShutdown::new();
+    let (draining, drain_watch) = watch::channel(false);
+    let mut connections = JoinSet::new();
     // The socket is registered and the loop below is about to accept: tell the supervisor.
     if let Err(err) = notify::notify_ready() {
         warn!(slot = identity.slot, error = %err, "could not report readiness to the supervisor");
@@ -82,39 +96,84 @@ async fn serve(listener: StdListener, identity: Identity) -> Result<(), WorkerEr
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve_connection(stream, identity, &graceful),
+                Ok((stream, _)) => serve_connection(stream, identity, &drain_watch, &mut connections),
                 Err(err) => accept_failed(&err).await,
             },
             _ = poll.tick() => {
                 while let Some(stream) = accept_without_wakeup(&listener) {
-                    serve_connection(stream, identity, &graceful);
+                    serve_connection(stream, identity, &drain_watch, &mut connections);
                 }
             }
+            Some(_) = connections.join_next() => {}
         }
     }
-    // Closing the socket now lets the kernel move what is still queued on it to the other
-    // workers (with the migrate-capable program), instead of resetting it.
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = sleep(DRAIN_TIMEOUT) => warn!(slot = identity.slot, "in-flight connections did not finish in time"),
+    // Take what is queued, then close the socket: what the kernel still holds for it then
+    // moves to the serving workers (with the migrate-capable program), instead of being reset.
+    while let Some(stream) = accept_without_wakeup(&listener) {
+        serve_connection(stream, identity, &drain_watch, &mut connections);
     }
+    drop(listener);
+    let _ = draining.send(true);
+    info!(
+        slot = identity.slot,
+        pid = identity.pid,
+        open = connections.len(),
+        "worker draining"
+    );
+    while connections.join_next().await.is_some() {}
     info!(slot = identity.slot, pid = identity.pid, "worker stopped");
     Ok(())
 }
 
-fn serve_connection(stream: TcpStream, identity: Identity, graceful: &GracefulShutdown) {
-    let service =
-        service_fn(
-            move |request| async move { Ok::<_, Infallible>(http::respond(&request, identity)) },
-        );
-    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
+/// Serves one connection until the client closes it, or, once the worker drains, until its
+/// next response (sent with `Connection: close`) or [`IDLE_GRACE`] of idleness.
+fn serve_connection(
+    stream: TcpStream,
+    identity: Identity,
+    drain_watch: &watch::Receiver<bool>,
+    connections: &mut JoinSet<()>,
+) {
+    let draining = drain_watch.clone();
+    let service = service_fn(move |request| {
+        let closing = *draining.borrow();
+        async move {
+            let mut response = http::respond(&request, identity);
+            if closing {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut drain_watch = drain_watch.clone();
+    connections.spawn(async move {
+        let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = until_draining(&mut drain_watch) => {
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = sleep(IDLE_GRACE) => {
+                        // Idle all along (a busy connection got `Connection: close` and ended):
+                        // finish any request in flight, then close.
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                }
+            }
+        };
+        if let Err(err) = result {
             debug!(error = %err, "connection ended with an error");
         }
     });
+}
+
+/// Returns once the worker drains (at once if it already does).
+async fn until_draining(drain_watch: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which happens only after draining began.
+    let _ = drain_watch.wait_for(|&draining| draining).await.map(|_| ());
 }
 
 /// One non-blocking accept(2) straight on the socket, bypassing tokio's readiness cache.

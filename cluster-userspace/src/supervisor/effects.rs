@@ -1,0 +1,224 @@
+//! The pool's effects on the system ([`Effects`]): opening worker sockets and starting workers
+//! on them, writing the steering maps, signalling process groups, and reading whether a socket
+//! has drained. Holds what the supervisor keeps per worker: its socket until it serves, and the
+//! socket's id for its counters.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::SocketAddr,
+    os::fd::{AsFd, BorrowedFd},
+};
+
+use nix::{
+    sys::signal::{Signal, kill, killpg},
+    unistd::Pid,
+};
+use socket2::Socket;
+use tokio::task::JoinSet;
+use tracing::{debug, error};
+
+use super::{
+    SupervisorError,
+    output::WorkerPipes,
+    parking::Parking,
+    pool::Effects,
+    spawn::{self, Handoff, WorkerProgram},
+};
+use crate::{
+    listener::{self, Sharing},
+    notify::NotifySocket,
+    steering::{SocketCounters, SocketId, Steering},
+};
+
+/// The name workers see in `LISTEN_FDNAMES`.
+const FD_NAME: &str = "cluster";
+
+/// What the supervisor holds for one worker.
+#[derive(Debug)]
+struct Held {
+    /// Its socket, until it serves; then only the worker holds it, so that it closes (and leaves
+    /// the group) when the worker exits.
+    socket: Option<Socket>,
+    /// Its socket's counters, where a program counts.
+    socket_id: Option<SocketId>,
+}
+
+/// The system side of the pool.
+#[derive(Debug)]
+pub struct SystemEffects {
+    pub addr: SocketAddr,
+    pub backlog: u32,
+    pub program: WorkerProgram,
+    /// Capture each worker's stdout and stderr (not `--log-passthrough`).
+    pub capture_output: bool,
+    pub steering: Steering,
+    /// The one socket of `--steering shared`, kept for every worker started later.
+    pub shared: Option<Socket>,
+    /// With a program: the socket that keeps the group alive between workers ([`super::parking`]).
+    pub parking: Option<Parking>,
+    /// `NOTIFY_SOCKET` for workers.
+    pub notify_env: String,
+    /// The tasks logging the workers' output.
+    pub output: JoinSet<()>,
+    held: BTreeMap<Pid, Held>,
+}
+
+impl SystemEffects {
+    /// Opens what the steering needs before any worker: the shared socket, or the parking one.
+    pub fn new(
+        addr: SocketAddr,
+        backlog: u32,
+        program: WorkerProgram,
+        capture_output: bool,
+        steering: Steering,
+        notify: &NotifySocket,
+    ) -> Result<Self, SupervisorError> {
+        let shared = match steering.sharing() {
+            Sharing::Exclusive => Some(listener::open(addr, backlog, Sharing::Exclusive)?),
+            Sharing::ReusePort => None,
+        };
+        // The floor that selects nothing leaves every connection to the kernel's hash, which
+        // would park some on the parking socket for good.
+        let parking = match steering.program() {
+            Some(p) if p.policy() != crate::steering::Policy::FloorEmpty => {
+                Some(Parking::open(addr, backlog, p)?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            addr,
+            backlog,
+            program,
+            capture_output,
+            steering,
+            shared,
+            parking,
+            notify_env: notify.env_value(),
+            output: JoinSet::new(),
+            held: BTreeMap::new(),
+        })
+    }
+
+    /// The counters of `pid`'s socket, where a program counts.
+    #[must_use]
+    pub fn socket_counters(&self, pid: Pid) -> Option<SocketCounters> {
+        let id = self.held.get(&pid)?.socket_id?;
+        self.steering.program()?.socket_counters(id).ok()
+    }
+
+    fn worker_socket<'a>(&'a self, own: Option<&'a Socket>) -> Option<BorrowedFd<'a>> {
+        own.or(self.shared.as_ref()).map(AsFd::as_fd)
+    }
+}
+
+impl Effects for SystemEffects {
+    fn start(&mut self, slot: u32) -> Result<Pid, SupervisorError> {
+        let (own_socket, socket_id) = match &self.shared {
+            Some(_) => (None, None),
+            None => {
+                let socket = listener::open(self.addr, self.backlog, Sharing::ReusePort)?;
+                let id = self.steering.socket_listening(slot, socket.as_fd())?;
+                (Some(socket), id)
+            }
+        };
+        let pipes = if self.capture_output {
+            Some(WorkerPipes::new().map_err(|source| SupervisorError::Os {
+                op: "creating the pipes for a worker's output",
+                source,
+            })?)
+        } else {
+            None
+        };
+        let listener =
+            self.worker_socket(own_socket.as_ref())
+                .ok_or_else(|| SupervisorError::Os {
+                    op: "choosing the worker socket",
+                    source: io::Error::other("neither an own nor a shared socket"),
+                })?;
+        let handoff = Handoff {
+            slot,
+            listener,
+            fd_name: FD_NAME,
+            notify_socket: &self.notify_env,
+            output: pipes.as_ref().map(WorkerPipes::child_ends),
+        };
+        let pid = spawn::spawn(&self.program, &handoff)?;
+        if let Some(pipes) = pipes {
+            pipes.forward(slot, pid, &mut self.output);
+        }
+        self.held.insert(
+            pid,
+            Held {
+                socket: own_socket,
+                socket_id,
+            },
+        );
+        Ok(pid)
+    }
+
+    fn serve(&mut self, slot: u32, pid: Pid) {
+        let Some(held) = self.held.get_mut(&pid) else {
+            return;
+        };
+        let (own_socket, socket_id) = (held.socket.take(), held.socket_id);
+        if let Some(listener) = own_socket.as_ref().or(self.shared.as_ref())
+            && let Err(err) = self.steering.serve(slot, listener.as_fd(), socket_id)
+        {
+            error!(slot, pid = pid.as_raw(), error = %err, "worker runs but could not be added to the selection");
+        }
+        drop(own_socket);
+        if let Some(parking) = &mut self.parking {
+            parking.someone_serving(self.addr, self.backlog);
+        }
+    }
+
+    fn unserve(&mut self, slot: u32) {
+        if let Err(err) = self.steering.unserve(slot) {
+            error!(slot, error = %err, "could not take the slot out of the selection");
+        }
+        if let Some(parking) = &mut self.parking
+            && self.steering.program().is_some_and(|p| p.serving() == 0)
+        {
+            parking.no_one_serving();
+        }
+    }
+
+    fn slot_added(&mut self, slot: u32) {
+        if let Err(err) = self.steering.sticky_member(slot, true) {
+            error!(slot, error = %err, "could not add the slot to the sticky table");
+        }
+    }
+
+    fn slot_removed(&mut self, slot: u32) {
+        if let Err(err) = self.steering.sticky_member(slot, false) {
+            error!(slot, error = %err, "could not remove the slot from the sticky table");
+        }
+    }
+
+    fn signal(&mut self, pid: Pid, signal: Signal) {
+        signal_group(pid, signal);
+    }
+
+    fn drained(&self, pid: Pid) -> bool {
+        // Without a program nothing counts the socket's connections: report it drained.
+        self.socket_counters(pid).is_none_or(|c| c.open <= 0)
+    }
+
+    fn forget(&mut self, pid: Pid) {
+        if self.held.remove(&pid).is_some_and(|h| h.socket.is_some()) {
+            debug!(
+                pid = pid.as_raw(),
+                "closed the socket of a worker that never served"
+            );
+        }
+    }
+}
+
+/// Signals a worker and whatever it started (its process group); just the worker if the group
+/// is not there yet.
+pub fn signal_group(pid: Pid, signal: Signal) {
+    if killpg(pid, signal).is_err() {
+        let _ = kill(pid, signal);
+    }
+}

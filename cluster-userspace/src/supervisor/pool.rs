@@ -1,0 +1,1369 @@
+//! The pool's decisions as a pure state machine: which workers each slot has and in which phase,
+//! and what every input does (a start coming due, `READY=1`, an exit, a reload, a scale, a stop,
+//! a deadline). It forks, signals and writes maps only through [`Effects`], so unit tests drive
+//! every transition without root, processes or a kernel.
+//!
+//! A slot is a place in the selection (an index of the program's socket array); a worker is one
+//! process serving it. A slot has at most one serving worker and at most one starting one (its
+//! first, a restart, or a reload's replacement); workers it replaced drain beside them.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fmt,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::{signal::Signal, wait::WaitStatus},
+    unistd::Pid,
+};
+use tracing::{error, info, warn};
+
+use super::{
+    Readiness, SupervisorError,
+    backoff::{Backoff, RestartPolicy},
+};
+
+/// How often a draining COMMAND worker's socket is checked for connections left.
+pub const DRAIN_POLL: Duration = Duration::from_millis(100);
+/// The most slots a pool can have (the program's socket array).
+pub const MAX_SLOTS: u32 = cluster_common::MAX_SLOTS;
+
+/// What the state machine asks of the world. The supervisor implements it with fork, signals and
+/// map writes; unit tests with a recording fake.
+pub trait Effects {
+    /// Opens a socket for `slot` and starts a worker on it. The socket listens, but nothing is
+    /// steered to it before [`Effects::serve`].
+    fn start(&mut self, slot: u32) -> Result<Pid, SupervisorError>;
+    /// `pid`'s socket becomes `slot`'s in the selection, replacing the one there in place.
+    fn serve(&mut self, slot: u32, pid: Pid);
+    /// `slot` has no serving socket any more: steer nothing to it.
+    fn unserve(&mut self, slot: u32);
+    /// `slot` joins the sticky table (its first worker serves).
+    fn slot_added(&mut self, slot: u32);
+    /// `slot` leaves the sticky table (scaled away).
+    fn slot_removed(&mut self, slot: u32);
+    /// Sends `signal` to `pid`'s process group.
+    fn signal(&mut self, pid: Pid, signal: Signal);
+    /// Whether `pid`'s socket has nothing queued and no connection open.
+    fn drained(&self, pid: Pid) -> bool;
+    /// `pid` was reaped: release whatever was held for it.
+    fn forget(&mut self, pid: Pid);
+}
+
+/// How a worker learns that it drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainStyle {
+    /// The built-in worker: SIGTERM at once; it accepts what is queued, answers the next request
+    /// on each connection with `Connection: close`, and exits.
+    SignalAtOnce,
+    /// A COMMAND, which may exit at once on SIGTERM: SIGTERM only once its socket has nothing
+    /// queued and no connection open.
+    WhenDrained,
+}
+
+/// The pool's fixed rules.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    pub readiness: Readiness,
+    pub restart: RestartPolicy,
+    pub drain: DrainStyle,
+    pub drain_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    /// Slots replaced at once in a reload.
+    pub reload_batch: u32,
+}
+
+/// A worker's phase, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Serving,
+    Draining,
+    Stopping,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Starting => "starting",
+            Self::Serving => "serving",
+            Self::Draining => "draining",
+            Self::Stopping => "stopping",
+        })
+    }
+}
+
+/// Why a request to the pool was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error(
+        "a reload is already running ({done} of {total} slots replaced); try again when it ends"
+    )]
+    ReloadRunning { done: u32, total: u32 },
+    #[error("the pool is shutting down")]
+    ShuttingDown,
+    #[error("no slot {slot}: the pool has slots 0 to {last}")]
+    UnknownSlot { slot: u32, last: u32 },
+    #[error("cannot scale to {0} workers: use 1 to {MAX_SLOTS}")]
+    BadScale(u32),
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// Slots whose worker was replaced.
+    pub replaced: u32,
+    /// Why it stopped early, if it did; the slots not yet replaced keep their old workers.
+    pub failure: Option<String>,
+}
+
+/// One row of `status`: a worker, or a slot that has none right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRow {
+    pub slot: u32,
+    pub pid: Option<Pid>,
+    /// `None` for a slot waiting to restart its worker.
+    pub phase: Option<Phase>,
+    pub started: Option<Instant>,
+    /// Workers started in this slot after its first.
+    pub restarts: u32,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Started; not in the selection. `ready_at` makes it serve by itself (a COMMAND without
+    /// readiness); `ready_by` is the deadline for `READY=1`, cleared once it was killed for
+    /// missing it.
+    Starting {
+        ready_at: Option<Instant>,
+        ready_by: Option<Instant>,
+    },
+    Serving {
+        since: Instant,
+    },
+    /// Out of the selection, finishing its work. SIGTERM once its socket drained, or at
+    /// `term_by` (`None` once sent); SIGKILL at `kill_at`.
+    Draining {
+        term_by: Option<Instant>,
+        kill_at: Instant,
+    },
+    /// SIGKILL sent; waiting to reap it.
+    Killed,
+}
+
+#[derive(Debug)]
+struct Worker {
+    slot: u32,
+    started: Instant,
+    state: State,
+}
+
+impl Worker {
+    fn phase(&self) -> Phase {
+        match self.state {
+            State::Starting { .. } => Phase::Starting,
+            State::Serving { .. } => Phase::Serving,
+            State::Draining { .. } => Phase::Draining,
+            State::Killed => Phase::Stopping,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    serving: Option<Pid>,
+    starting: Option<Pid>,
+    restart_at: Option<Instant>,
+    backoff: Backoff,
+    starts: u32,
+    /// In the sticky table.
+    member: bool,
+}
+
+#[derive(Debug, Default)]
+struct Reload {
+    pending: VecDeque<u32>,
+    /// Slot → its replacement, started and not yet serving.
+    in_flight: BTreeMap<u32, Pid>,
+    total: u32,
+    replaced: u32,
+    failure: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shutdown {
+    /// Set by a second stop: every worker was sent SIGKILL, and the pool ends at this instant
+    /// even if one cannot be reaped.
+    give_up_at: Option<Instant>,
+}
+
+/// The pool: its slots, its workers, and whatever reload or shutdown is under way.
+#[derive(Debug)]
+pub struct Pool {
+    config: PoolConfig,
+    slots: Vec<Slot>,
+    workers: BTreeMap<Pid, Worker>,
+    reload: Option<Reload>,
+    outcomes: Vec<ReloadOutcome>,
+    shutdown: Option<Shutdown>,
+    /// Workers killed after a stop was asked for.
+    killed: Vec<Pid>,
+    announced_ready: bool,
+}
+
+/// How long a worker killed with SIGKILL gets to be reaped before a stopping pool gives up on
+/// it: a process in uninterruptible sleep can outlast any SIGKILL.
+pub const REAP_AFTER_KILL: Duration = Duration::from_secs(5);
+
+impl Pool {
+    /// A pool of `slots` slots, each due to start its first worker at `now`; they are all in the
+    /// sticky table from the start.
+    #[must_use]
+    pub fn new(config: PoolConfig, slots: u32, now: Instant) -> Self {
+        let slots = (0..slots)
+            .map(|_| Slot {
+                restart_at: Some(now),
+                member: true,
+                ..Slot::default()
+            })
+            .collect();
+        Self {
+            config,
+            slots,
+            workers: BTreeMap::new(),
+            reload: None,
+            outcomes: Vec::new(),
+            shutdown: None,
+            killed: Vec::new(),
+            announced_ready: false,
+        }
+    }
+
+    /// Starts every slot's first worker. A failure to open the socket or steer it is fatal and
+    /// returned; a worker that cannot be started is retried with backoff like a crash.
+    pub fn start_all(
+        &mut self,
+        fx: &mut impl Effects,
+        now: Instant,
+    ) -> Result<(), SupervisorError> {
+        for slot in 0..self.slot_count() {
+            match self.start(fx, slot, now) {
+                Ok(()) => {}
+                Err(err @ (SupervisorError::Listen(_) | SupervisorError::Steering(_))) => {
+                    return Err(err);
+                }
+                Err(err) => self.retry_later(slot, &err, now),
+            }
+        }
+        Ok(())
+    }
+
+    /// How many slots the pool has.
+    #[must_use]
+    pub fn slot_count(&self) -> u32 {
+        u32::try_from(self.slots.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Whether a stop was asked for.
+    #[must_use]
+    pub fn stopping(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    /// Whether the pool has ended: stopping, and every worker reaped (or given up on).
+    #[must_use]
+    pub fn finished(&self, now: Instant) -> bool {
+        self.shutdown
+            .as_ref()
+            .is_some_and(|s| self.workers.is_empty() || s.give_up_at.is_some_and(|at| at <= now))
+    }
+
+    /// The workers killed after a stop was asked for.
+    #[must_use]
+    pub fn killed(&self) -> &[Pid] {
+        &self.killed
+    }
+
+    /// Pids of every worker still there.
+    #[must_use]
+    pub fn pids(&self) -> Vec<Pid> {
+        self.workers.keys().copied().collect()
+    }
+
+    /// Reloads that ended since the last call.
+    pub fn take_outcomes(&mut self) -> Vec<ReloadOutcome> {
+        std::mem::take(&mut self.outcomes)
+    }
+
+    /// Whether every slot serves, the first time it happens (the pool's "ready" moment).
+    pub fn newly_all_serving(&mut self) -> bool {
+        if self.announced_ready || self.slots.iter().any(|s| s.serving.is_none()) {
+            return false;
+        }
+        self.announced_ready = true;
+        true
+    }
+
+    /// The next instant something is due: a start, a readiness deadline, a drain check or kill.
+    #[must_use]
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let slots = self.slots.iter().filter_map(|s| s.restart_at);
+        let workers = self.workers.values().filter_map(|w| match w.state {
+            State::Starting { ready_at, ready_by } => match (ready_at, ready_by) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            State::Draining {
+                term_by: Some(term_by),
+                ..
+            } => Some(term_by.min(now + DRAIN_POLL)),
+            State::Draining { kill_at, .. } => Some(kill_at),
+            State::Serving { .. } | State::Killed => None,
+        });
+        let give_up = self.shutdown.as_ref().and_then(|s| s.give_up_at);
+        slots.chain(workers).chain(give_up).min()
+    }
+
+    /// Does whatever is due at `now`: starts, readiness by uptime, readiness deadlines, drains.
+    pub fn tick(&mut self, fx: &mut impl Effects, now: Instant) {
+        for slot in 0..self.slot_count() {
+            let entry = &mut self.slots[slot as usize];
+            if entry.restart_at.is_some_and(|at| at <= now) {
+                entry.restart_at = None;
+                if let Err(err) = self.start(fx, slot, now) {
+                    self.retry_later(slot, &err, now);
+                }
+            }
+        }
+        let pids: Vec<Pid> = self.workers.keys().copied().collect();
+        for pid in pids {
+            let Some(worker) = self.workers.get_mut(&pid) else {
+                continue;
+            };
+            let slot = worker.slot;
+            match &mut worker.state {
+                State::Starting { ready_at, .. } if ready_at.is_some_and(|at| at <= now) => {
+                    self.serve(fx, pid, now);
+                }
+                State::Starting { ready_by, .. } if ready_by.is_some_and(|at| at <= now) => {
+                    *ready_by = None;
+                    warn!(
+                        slot,
+                        pid = pid.as_raw(),
+                        "worker did not report READY=1 in time; killing it"
+                    );
+                    fx.signal(pid, Signal::SIGKILL);
+                }
+                State::Draining { term_by, .. }
+                    if term_by.is_some_and(|t| t <= now)
+                        || (term_by.is_some() && fx.drained(pid)) =>
+                {
+                    if !fx.drained(pid) {
+                        warn!(
+                            slot,
+                            pid = pid.as_raw(),
+                            "worker still has connections open after half its drain time; sending SIGTERM"
+                        );
+                    } else {
+                        info!(
+                            slot,
+                            pid = pid.as_raw(),
+                            "worker's socket is drained; sending SIGTERM"
+                        );
+                    }
+                    *term_by = None;
+                    fx.signal(pid, Signal::SIGTERM);
+                }
+                State::Draining { kill_at, .. } if *kill_at <= now => {
+                    worker.state = State::Killed;
+                    if let Some(shutdown) = &mut self.shutdown {
+                        self.killed.push(pid);
+                        shutdown.give_up_at.get_or_insert(now + REAP_AFTER_KILL);
+                        warn!(
+                            slot,
+                            pid = pid.as_raw(),
+                            "worker did not stop in time; killing it"
+                        );
+                    } else {
+                        warn!(
+                            slot,
+                            pid = pid.as_raw(),
+                            timeout_s = self.config.drain_timeout.as_secs(),
+                            "worker did not finish draining in time; killing it"
+                        );
+                    }
+                    fx.signal(pid, Signal::SIGKILL);
+                }
+                _ => {}
+            }
+        }
+        self.advance_reload(fx, now);
+    }
+
+    /// `READY=1` from `pid`, or from a process in the process group `group`: that starting
+    /// worker serves. Ignored from anyone else, and from a worker already killed for being late.
+    pub fn notified_ready(
+        &mut self,
+        fx: &mut impl Effects,
+        pid: i32,
+        group: Option<i32>,
+        now: Instant,
+    ) {
+        let from = |worker: Pid| pid == worker.as_raw() || group == Some(worker.as_raw());
+        let ready = self
+            .workers
+            .iter()
+            .find_map(|(&worker_pid, w)| match w.state {
+                State::Starting {
+                    ready_by: Some(_), ..
+                } if from(worker_pid) => Some(worker_pid),
+                _ => None,
+            });
+        if let Some(worker) = ready {
+            self.serve(fx, worker, now);
+            self.advance_reload(fx, now);
+        }
+    }
+
+    /// `pid` exited with `status`: take it out, restart its slot if it left the slot without a
+    /// worker, and fail the reload if it was a replacement that never served.
+    pub fn exited(&mut self, fx: &mut impl Effects, pid: Pid, status: WaitStatus, now: Instant) {
+        let Some(worker) = self.workers.remove(&pid) else {
+            return;
+        };
+        fx.forget(pid);
+        let slot = worker.slot;
+        let exit = ExitDescription(status);
+        let stopping = self.shutdown.is_some();
+        let Some(entry) = self.slots.get_mut(slot as usize) else {
+            info!(slot, pid = pid.as_raw(), status = %exit, "worker of a removed slot exited");
+            return;
+        };
+        let uptime = match worker.state {
+            State::Starting { .. } => {
+                if entry.starting == Some(pid) {
+                    entry.starting = None;
+                }
+                if let Some(reload) = &mut self.reload
+                    && reload.in_flight.get(&slot) == Some(&pid)
+                {
+                    reload.in_flight.remove(&slot);
+                    let reason = format!(
+                        "the replacement for slot {slot} (pid {pid}) exited before it was ready: {exit}"
+                    );
+                    error!(slot, pid = pid.as_raw(), status = %exit, "replacement exited before it was ready; the old worker keeps serving");
+                    reload.failure.get_or_insert(reason);
+                    reload.pending.clear();
+                }
+                Duration::ZERO
+            }
+            State::Serving { since } => {
+                if entry.serving == Some(pid) {
+                    entry.serving = None;
+                    fx.unserve(slot);
+                }
+                now.saturating_duration_since(since)
+            }
+            State::Draining { .. } | State::Killed => {
+                info!(slot, pid = pid.as_raw(), status = %exit, "worker exited");
+                self.advance_reload(fx, now);
+                return;
+            }
+        };
+        if stopping {
+            info!(slot, pid = pid.as_raw(), status = %exit, "worker exited");
+            return;
+        }
+        if entry.serving.is_some() || entry.starting.is_some() {
+            // Its replacement serves or is starting: nothing to restart.
+            warn!(slot, pid = pid.as_raw(), status = %exit, "worker exited");
+            self.advance_reload(fx, now);
+            return;
+        }
+        let delay = entry.backoff.on_exit(uptime, &self.config.restart);
+        if delay.is_zero() {
+            warn!(slot, pid = pid.as_raw(), status = %exit, uptime_ms = uptime.as_millis(),
+                  "worker exited; restarting");
+        } else {
+            warn!(slot, pid = pid.as_raw(), status = %exit, uptime_ms = uptime.as_millis(),
+                  failures = entry.backoff.quick_failures(), delay_ms = delay.as_millis(),
+                  "worker keeps exiting right after start; restarting with backoff");
+        }
+        entry.restart_at = Some(now + delay);
+        self.advance_reload(fx, now);
+    }
+
+    /// Replaces the workers of `slots` (every slot when `None`), `reload_batch` at a time: each
+    /// replacement starts on a new socket, and once it is ready its socket takes the slot's place
+    /// in the selection and the old worker drains.
+    pub fn reload(
+        &mut self,
+        fx: &mut impl Effects,
+        slots: Option<u32>,
+        now: Instant,
+    ) -> Result<u32, PoolError> {
+        if self.shutdown.is_some() {
+            return Err(PoolError::ShuttingDown);
+        }
+        if let Some(reload) = &self.reload {
+            return Err(PoolError::ReloadRunning {
+                done: reload.replaced,
+                total: reload.total,
+            });
+        }
+        let pending: VecDeque<u32> = match slots {
+            Some(slot) => {
+                self.check_slot(slot)?;
+                VecDeque::from([slot])
+            }
+            None => (0..self.slot_count()).collect(),
+        };
+        let total = u32::try_from(pending.len()).unwrap_or(u32::MAX);
+        info!(
+            slots = total,
+            batch = self.config.reload_batch,
+            "reload started"
+        );
+        self.reload = Some(Reload {
+            pending,
+            total,
+            ..Reload::default()
+        });
+        self.advance_reload(fx, now);
+        Ok(total)
+    }
+
+    /// Grows or shrinks the pool to `slots` slots. New slots start at once and join the
+    /// selection (and the sticky table) when ready; removed ones (the highest) leave both at
+    /// once and their workers drain.
+    pub fn scale(
+        &mut self,
+        fx: &mut impl Effects,
+        slots: u32,
+        now: Instant,
+    ) -> Result<(), PoolError> {
+        if self.shutdown.is_some() {
+            return Err(PoolError::ShuttingDown);
+        }
+        if slots == 0 || slots > MAX_SLOTS {
+            return Err(PoolError::BadScale(slots));
+        }
+        let from = self.slot_count();
+        info!(from, to = slots, "scaling");
+        while self.slot_count() < slots {
+            self.slots.push(Slot {
+                restart_at: Some(now),
+                ..Slot::default()
+            });
+        }
+        while self.slot_count() > slots {
+            let slot = self.slot_count() - 1;
+            let entry = self.slots.pop().unwrap_or_default();
+            if entry.member {
+                fx.slot_removed(slot);
+            }
+            if let Some(pid) = entry.serving {
+                fx.unserve(slot);
+                self.drain(fx, pid, now, self.config.drain_timeout);
+            }
+            if let Some(pid) = entry.starting {
+                self.drain(fx, pid, now, self.config.drain_timeout);
+            }
+            if let Some(reload) = &mut self.reload {
+                reload.pending.retain(|&s| s != slot);
+                reload.in_flight.remove(&slot);
+            }
+        }
+        self.tick(fx, now);
+        Ok(())
+    }
+
+    /// Stops the pool: no more starts or reloads; every worker drains, and is killed if it is
+    /// still there after the shutdown timeout. A second stop kills them all at once.
+    pub fn stop(&mut self, fx: &mut impl Effects, now: Instant) {
+        if self.shutdown.is_some() {
+            self.kill_all(fx, now);
+            return;
+        }
+        let deadline = now + self.config.shutdown_timeout;
+        self.shutdown = Some(Shutdown { give_up_at: None });
+        if let Some(mut reload) = self.reload.take() {
+            reload
+                .failure
+                .get_or_insert_with(|| "the pool is shutting down".to_owned());
+            self.finish_reload(reload);
+        }
+        for entry in &mut self.slots {
+            entry.restart_at = None;
+        }
+        let halfway = now + self.config.shutdown_timeout / 2;
+        for worker in self.workers.values_mut() {
+            if let State::Draining { term_by, kill_at } = &mut worker.state {
+                *kill_at = (*kill_at).min(deadline);
+                *term_by = term_by.map(|t| t.min(halfway));
+            }
+        }
+        let pids: Vec<Pid> = self.workers.keys().copied().collect();
+        for pid in pids {
+            if let Some(State::Starting { .. } | State::Serving { .. }) =
+                self.workers.get(&pid).map(|w| &w.state)
+            {
+                self.drain(fx, pid, now, self.config.shutdown_timeout);
+            }
+        }
+    }
+
+    /// The status rows: each worker, and each slot waiting to restart.
+    #[must_use]
+    pub fn status(&self) -> Vec<StatusRow> {
+        let mut rows: Vec<StatusRow> = self
+            .workers
+            .iter()
+            .map(|(&pid, w)| StatusRow {
+                slot: w.slot,
+                pid: Some(pid),
+                phase: Some(w.phase()),
+                started: Some(w.started),
+                restarts: self
+                    .slots
+                    .get(w.slot as usize)
+                    .map_or(0, |s| s.starts.saturating_sub(1)),
+            })
+            .collect();
+        for (slot, entry) in (0u32..).zip(&self.slots) {
+            if entry.serving.is_none() && entry.starting.is_none() {
+                rows.push(StatusRow {
+                    slot,
+                    pid: None,
+                    phase: None,
+                    started: None,
+                    restarts: entry.starts.saturating_sub(1),
+                });
+            }
+        }
+        rows.sort_by_key(|r| (r.slot, r.started));
+        rows
+    }
+
+    /// The pid serving `slot`, if any.
+    #[must_use]
+    pub fn serving(&self, slot: u32) -> Option<Pid> {
+        self.slots.get(slot as usize).and_then(|s| s.serving)
+    }
+
+    /// Whether a reload is under way.
+    #[must_use]
+    pub fn reloading(&self) -> bool {
+        self.reload.is_some()
+    }
+
+    fn check_slot(&self, slot: u32) -> Result<(), PoolError> {
+        if slot < self.slot_count() {
+            Ok(())
+        } else {
+            Err(PoolError::UnknownSlot {
+                slot,
+                last: self.slot_count().saturating_sub(1),
+            })
+        }
+    }
+
+    fn start(
+        &mut self,
+        fx: &mut impl Effects,
+        slot: u32,
+        now: Instant,
+    ) -> Result<(), SupervisorError> {
+        let pid = fx.start(slot)?;
+        let entry = &mut self.slots[slot as usize];
+        entry.starts += 1;
+        entry.starting = Some(pid);
+        entry.restart_at = None;
+        let replacing = entry.serving.is_some();
+        info!(slot, pid = pid.as_raw(), "worker started");
+        let (ready_at, ready_by) = match self.config.readiness {
+            // A replacement must prove it does not crash at once before it takes over.
+            Readiness::Started if replacing => (Some(now + self.config.restart.min_uptime), None),
+            Readiness::Started => (Some(now), None),
+            Readiness::Notified { timeout } => (None, Some(now + timeout)),
+        };
+        self.workers.insert(
+            pid,
+            Worker {
+                slot,
+                started: now,
+                state: State::Starting { ready_at, ready_by },
+            },
+        );
+        if ready_at.is_some_and(|at| at <= now) {
+            self.serve(fx, pid, now);
+        }
+        Ok(())
+    }
+
+    fn retry_later(&mut self, slot: u32, err: &SupervisorError, now: Instant) {
+        let entry = &mut self.slots[slot as usize];
+        if entry.serving.is_some() {
+            if let Some(reload) = &mut self.reload {
+                reload.failure.get_or_insert_with(|| {
+                    format!("could not start the replacement for slot {slot}: {err}")
+                });
+                reload.pending.clear();
+            }
+            error!(slot, error = %err, "could not start the replacement; the old worker keeps serving");
+            return;
+        }
+        let delay = entry.backoff.on_exit(Duration::ZERO, &self.config.restart);
+        error!(slot, error = %err, failures = entry.backoff.quick_failures(),
+               delay_ms = delay.as_millis(), "could not start worker; retrying with backoff");
+        entry.restart_at = Some(now + delay);
+    }
+
+    /// A starting worker is ready: its socket takes the slot's place in the selection, and the
+    /// worker it replaces (if any) drains.
+    fn serve(&mut self, fx: &mut impl Effects, pid: Pid, now: Instant) {
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let slot = worker.slot;
+        worker.state = State::Serving { since: now };
+        let Some(entry) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        entry.starting = None;
+        fx.serve(slot, pid);
+        if !entry.member {
+            entry.member = true;
+            fx.slot_added(slot);
+        }
+        let replaced = entry.serving.replace(pid);
+        if let Some(reload) = &mut self.reload
+            && reload.in_flight.get(&slot) == Some(&pid)
+        {
+            reload.in_flight.remove(&slot);
+            reload.replaced += 1;
+        }
+        match replaced {
+            Some(old) => {
+                info!(
+                    slot,
+                    pid = pid.as_raw(),
+                    old_pid = old.as_raw(),
+                    "worker ready; replacing the old one, which drains"
+                );
+                self.drain(fx, old, now, self.config.drain_timeout);
+            }
+            None => info!(slot, pid = pid.as_raw(), "worker ready"),
+        }
+    }
+
+    /// Takes `pid` out of service: it drains for at most `timeout`. A worker that knows how to
+    /// drain (or that never served) gets SIGTERM at once; a COMMAND once its socket has nothing
+    /// queued or open, or at half the timeout. SIGKILL at the timeout.
+    fn drain(&mut self, fx: &mut impl Effects, pid: Pid, now: Instant, timeout: Duration) {
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let at_once = matches!(worker.state, State::Starting { .. })
+            || self.config.drain == DrainStyle::SignalAtOnce
+            || fx.drained(pid);
+        worker.state = State::Draining {
+            term_by: (!at_once).then(|| now + timeout / 2),
+            kill_at: now + timeout,
+        };
+        if at_once {
+            fx.signal(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// Starts the next replacements of the running reload, or ends it.
+    fn advance_reload(&mut self, fx: &mut impl Effects, now: Instant) {
+        let Some(mut reload) = self.reload.take() else {
+            return;
+        };
+        while reload.failure.is_none()
+            && u32::try_from(reload.in_flight.len()).unwrap_or(u32::MAX)
+                < self.config.reload_batch.max(1)
+            && let Some(slot) = reload.pending.pop_front()
+        {
+            let Some(entry) = self.slots.get(slot as usize) else {
+                continue;
+            };
+            // A slot without a serving worker is already restarting with the new code.
+            if entry.serving.is_none() || entry.starting.is_some() {
+                continue;
+            }
+            match self.start(fx, slot, now) {
+                Ok(()) => {
+                    if let Some(pid) = self.slots[slot as usize].starting {
+                        reload.in_flight.insert(slot, pid);
+                    } else {
+                        reload.replaced += 1;
+                    }
+                }
+                Err(err) => {
+                    error!(slot, error = %err, "could not start the replacement; the old worker keeps serving");
+                    reload.failure = Some(format!(
+                        "could not start the replacement for slot {slot}: {err}"
+                    ));
+                }
+            }
+        }
+        if reload.in_flight.is_empty() && (reload.pending.is_empty() || reload.failure.is_some()) {
+            self.finish_reload(reload);
+        } else {
+            self.reload = Some(reload);
+        }
+    }
+
+    fn finish_reload(&mut self, reload: Reload) {
+        match &reload.failure {
+            None => info!(replaced = reload.replaced, "reload finished"),
+            Some(reason) => error!(replaced = reload.replaced, reason = %reason, "reload failed"),
+        }
+        self.outcomes.push(ReloadOutcome {
+            replaced: reload.replaced,
+            failure: reload.failure,
+        });
+    }
+
+    /// A second stop: SIGKILL to every worker still there.
+    fn kill_all(&mut self, fx: &mut impl Effects, now: Instant) {
+        for (&pid, worker) in &mut self.workers {
+            if !matches!(worker.state, State::Killed) {
+                warn!(
+                    slot = worker.slot,
+                    pid = pid.as_raw(),
+                    "worker did not stop in time; killing it"
+                );
+                worker.state = State::Killed;
+                fx.signal(pid, Signal::SIGKILL);
+                self.killed.push(pid);
+            }
+        }
+        if let Some(shutdown) = &mut self.shutdown {
+            shutdown.give_up_at = Some(now + REAP_AFTER_KILL);
+        }
+    }
+}
+
+/// A wait status as a person reads it: `exit code 1`, `killed by SIGKILL`.
+#[derive(Debug)]
+pub struct ExitDescription(pub WaitStatus);
+
+impl fmt::Display for ExitDescription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            WaitStatus::Exited(_, code) => write!(f, "exit code {code}"),
+            WaitStatus::Signaled(_, signal, _) => write!(f, "killed by {signal}"),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Call {
+        Start(u32, Pid),
+        Serve(u32, Pid),
+        Unserve(u32),
+        Added(u32),
+        Removed(u32),
+        Signal(Pid, Signal),
+        Forget(Pid),
+    }
+
+    /// Records every effect; pids count up from 100.
+    #[derive(Debug, Default)]
+    struct Fake {
+        calls: Vec<Call>,
+        last_pid: i32,
+        drained: BTreeSet<Pid>,
+        fail_starts: bool,
+    }
+
+    impl Fake {
+        fn take(&mut self) -> Vec<Call> {
+            std::mem::take(&mut self.calls)
+        }
+    }
+
+    impl Effects for Fake {
+        fn start(&mut self, slot: u32) -> Result<Pid, SupervisorError> {
+            if self.fail_starts {
+                return Err(SupervisorError::Os {
+                    op: "fork",
+                    source: std::io::Error::from_raw_os_error(libc::EAGAIN),
+                });
+            }
+            self.last_pid += 1;
+            let pid = Pid::from_raw(100 + self.last_pid);
+            self.calls.push(Call::Start(slot, pid));
+            Ok(pid)
+        }
+        fn serve(&mut self, slot: u32, pid: Pid) {
+            self.calls.push(Call::Serve(slot, pid));
+        }
+        fn unserve(&mut self, slot: u32) {
+            self.calls.push(Call::Unserve(slot));
+        }
+        fn slot_added(&mut self, slot: u32) {
+            self.calls.push(Call::Added(slot));
+        }
+        fn slot_removed(&mut self, slot: u32) {
+            self.calls.push(Call::Removed(slot));
+        }
+        fn signal(&mut self, pid: Pid, signal: Signal) {
+            self.calls.push(Call::Signal(pid, signal));
+        }
+        fn drained(&self, pid: Pid) -> bool {
+            self.drained.contains(&pid)
+        }
+        fn forget(&mut self, pid: Pid) {
+            self.calls.push(Call::Forget(pid));
+        }
+    }
+
+    const READY_TIMEOUT: Duration = Duration::from_secs(30);
+    const DRAIN: Duration = Duration::from_secs(20);
+    const SHUTDOWN: Duration = Duration::from_secs(10);
+
+    fn config(readiness: Readiness, drain: DrainStyle) -> PoolConfig {
+        PoolConfig {
+            readiness,
+            restart: RestartPolicy::default(),
+            drain,
+            drain_timeout: DRAIN,
+            shutdown_timeout: SHUTDOWN,
+            reload_batch: 1,
+        }
+    }
+
+    fn notified() -> Readiness {
+        Readiness::Notified {
+            timeout: READY_TIMEOUT,
+        }
+    }
+
+    fn pid(n: i32) -> Pid {
+        Pid::from_raw(100 + n)
+    }
+
+    fn exit(n: i32, code: i32) -> WaitStatus {
+        WaitStatus::Exited(pid(n), code)
+    }
+
+    /// A pool of `slots` built-in workers, all started and ready; the calls so far are dropped.
+    fn serving_pool(slots: u32, t0: Instant) -> (Pool, Fake) {
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(notified(), DrainStyle::SignalAtOnce), slots, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        for n in 1..=i32::try_from(slots).unwrap() {
+            pool.notified_ready(&mut fx, pid(n).as_raw(), None, t0);
+        }
+        assert!(pool.newly_all_serving());
+        fx.take();
+        (pool, fx)
+    }
+
+    fn phases(pool: &Pool) -> Vec<(u32, Option<i32>, Option<Phase>)> {
+        pool.status()
+            .iter()
+            .map(|r| (r.slot, r.pid.map(Pid::as_raw), r.phase))
+            .collect()
+    }
+
+    #[test]
+    fn a_notified_worker_serves_only_once_ready() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(notified(), DrainStyle::SignalAtOnce), 2, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        assert_eq!(fx.take(), [Call::Start(0, pid(1)), Call::Start(1, pid(2))]);
+        assert!(!pool.newly_all_serving());
+        assert_eq!(pool.next_deadline(t0), Some(t0 + READY_TIMEOUT));
+        pool.notified_ready(&mut fx, pid(2).as_raw(), None, t0);
+        assert_eq!(fx.take(), [Call::Serve(1, pid(2))]);
+        // READY=1 from a process in the worker's group counts; from a stranger, not.
+        pool.notified_ready(&mut fx, 999, None, t0);
+        assert!(fx.take().is_empty());
+        pool.notified_ready(&mut fx, 555, Some(pid(1).as_raw()), t0);
+        assert_eq!(fx.take(), [Call::Serve(0, pid(1))]);
+        assert!(pool.newly_all_serving());
+        assert!(!pool.newly_all_serving(), "announced once");
+        assert_eq!(pool.next_deadline(t0), None);
+    }
+
+    #[test]
+    fn a_started_worker_serves_at_once() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(Readiness::Started, DrainStyle::WhenDrained), 1, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        assert_eq!(fx.take(), [Call::Start(0, pid(1)), Call::Serve(0, pid(1))]);
+    }
+
+    #[test]
+    fn a_late_worker_is_killed_restarted_with_backoff_and_its_ready_ignored() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(notified(), DrainStyle::SignalAtOnce), 1, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        fx.take();
+        let late = t0 + READY_TIMEOUT;
+        pool.tick(&mut fx, late);
+        assert_eq!(fx.take(), [Call::Signal(pid(1), Signal::SIGKILL)]);
+        pool.notified_ready(&mut fx, pid(1).as_raw(), None, late);
+        assert!(fx.take().is_empty(), "READY=1 after the kill is ignored");
+        pool.exited(
+            &mut fx,
+            pid(1),
+            WaitStatus::Signaled(pid(1), Signal::SIGKILL, false),
+            late,
+        );
+        assert_eq!(fx.take(), [Call::Forget(pid(1))]);
+        let first_delay = RestartPolicy::default().first_delay;
+        assert_eq!(pool.next_deadline(late), Some(late + first_delay));
+        pool.tick(&mut fx, late + first_delay);
+        assert_eq!(fx.take(), [Call::Start(0, pid(2))]);
+        assert_eq!(pool.status()[0].restarts, 1);
+    }
+
+    #[test]
+    fn a_crashed_worker_leaves_the_selection_and_restarts() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = serving_pool(2, t0);
+        let later = t0 + Duration::from_secs(60);
+        pool.exited(&mut fx, pid(1), exit(1, 1), later);
+        assert_eq!(fx.take(), [Call::Forget(pid(1)), Call::Unserve(0)]);
+        assert_eq!(phases(&pool)[0], (0, None, None));
+        // It ran a minute, so the restart is immediate.
+        pool.tick(&mut fx, later);
+        assert_eq!(fx.take(), [Call::Start(0, pid(3))]);
+        // An exit of an unknown pid changes nothing.
+        pool.exited(&mut fx, pid(50), exit(50, 0), later);
+        assert!(fx.take().is_empty());
+    }
+
+    #[test]
+    fn a_start_that_fails_is_retried_with_backoff() {
+        let t0 = Instant::now();
+        let mut fx = Fake {
+            fail_starts: true,
+            ..Fake::default()
+        };
+        let mut pool = Pool::new(config(notified(), DrainStyle::SignalAtOnce), 1, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        let first_delay = RestartPolicy::default().first_delay;
+        assert_eq!(pool.next_deadline(t0), Some(t0 + first_delay));
+        fx.fail_starts = false;
+        pool.tick(&mut fx, t0 + first_delay);
+        assert_eq!(fx.take(), [Call::Start(0, pid(1))]);
+    }
+
+    #[test]
+    fn a_reload_swaps_each_slot_then_drains_the_old_worker() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = serving_pool(2, t0);
+        assert_eq!(pool.reload(&mut fx, None, t0), Ok(2));
+        assert_eq!(fx.take(), [Call::Start(0, pid(3))], "one slot at a time");
+        assert_eq!(
+            pool.reload(&mut fx, None, t0),
+            Err(PoolError::ReloadRunning { done: 0, total: 2 })
+        );
+        // The old worker serves until its replacement is ready.
+        assert_eq!(pool.serving(0), Some(pid(1)));
+        pool.notified_ready(&mut fx, pid(3).as_raw(), None, t0);
+        assert_eq!(
+            fx.take(),
+            [
+                Call::Serve(0, pid(3)),
+                Call::Signal(pid(1), Signal::SIGTERM),
+                Call::Start(1, pid(4)),
+            ]
+        );
+        // The old worker's exit does not touch the slot it left.
+        pool.exited(&mut fx, pid(1), exit(1, 0), t0);
+        assert_eq!(fx.take(), [Call::Forget(pid(1))]);
+        pool.notified_ready(&mut fx, pid(4).as_raw(), None, t0);
+        assert_eq!(
+            fx.take(),
+            [
+                Call::Serve(1, pid(4)),
+                Call::Signal(pid(2), Signal::SIGTERM)
+            ]
+        );
+        assert_eq!(
+            pool.take_outcomes(),
+            [ReloadOutcome {
+                replaced: 2,
+                failure: None
+            }]
+        );
+        assert_eq!(
+            phases(&pool),
+            [
+                (0, Some(103), Some(Phase::Serving)),
+                (1, Some(102), Some(Phase::Draining)),
+                (1, Some(104), Some(Phase::Serving)),
+            ]
+        );
+        // A worker that does not finish draining is killed at the drain timeout.
+        pool.tick(&mut fx, t0 + DRAIN);
+        assert_eq!(fx.take(), [Call::Signal(pid(2), Signal::SIGKILL)]);
+        assert!(
+            pool.killed().is_empty(),
+            "a drain kill is not a shutdown kill"
+        );
+    }
+
+    #[test]
+    fn a_reload_batch_replaces_several_slots_at_once() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut cfg = config(notified(), DrainStyle::SignalAtOnce);
+        cfg.reload_batch = 2;
+        let mut pool = Pool::new(cfg, 3, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        for n in 1..=3 {
+            pool.notified_ready(&mut fx, pid(n).as_raw(), None, t0);
+        }
+        fx.take();
+        pool.reload(&mut fx, None, t0).unwrap();
+        assert_eq!(fx.take(), [Call::Start(0, pid(4)), Call::Start(1, pid(5))]);
+    }
+
+    #[test]
+    fn a_replacement_that_fails_stops_the_reload_and_the_old_worker_keeps_serving() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = serving_pool(2, t0);
+        pool.reload(&mut fx, None, t0).unwrap();
+        fx.take();
+        pool.exited(&mut fx, pid(3), exit(3, 1), t0);
+        assert_eq!(fx.take(), [Call::Forget(pid(3))], "no restart, no signal");
+        let outcome = pool.take_outcomes();
+        assert_eq!(outcome.len(), 1);
+        assert_eq!(outcome[0].replaced, 0);
+        assert!(outcome[0].failure.as_deref().unwrap().contains("slot 0"));
+        assert_eq!(pool.serving(0), Some(pid(1)));
+        assert!(!pool.reloading());
+        // A replacement killed for being late fails it the same way.
+        pool.reload(&mut fx, Some(1), t0).unwrap();
+        assert_eq!(fx.take(), [Call::Start(1, pid(4))]);
+        pool.tick(&mut fx, t0 + READY_TIMEOUT);
+        assert_eq!(fx.take(), [Call::Signal(pid(4), Signal::SIGKILL)]);
+        pool.exited(
+            &mut fx,
+            pid(4),
+            WaitStatus::Signaled(pid(4), Signal::SIGKILL, false),
+            t0 + READY_TIMEOUT,
+        );
+        assert!(pool.take_outcomes()[0].failure.is_some());
+        assert_eq!(pool.serving(1), Some(pid(2)));
+    }
+
+    #[test]
+    fn reload_refusals() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = serving_pool(2, t0);
+        assert_eq!(
+            pool.reload(&mut fx, Some(2), t0),
+            Err(PoolError::UnknownSlot { slot: 2, last: 1 })
+        );
+        pool.stop(&mut fx, t0);
+        assert_eq!(pool.reload(&mut fx, None, t0), Err(PoolError::ShuttingDown));
+        assert_eq!(pool.scale(&mut fx, 3, t0), Err(PoolError::ShuttingDown));
+    }
+
+    #[test]
+    fn a_command_replacement_must_stay_up_before_it_takes_over() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(Readiness::Started, DrainStyle::WhenDrained), 1, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        fx.take();
+        pool.reload(&mut fx, None, t0).unwrap();
+        assert_eq!(fx.take(), [Call::Start(0, pid(2))]);
+        let min_uptime = RestartPolicy::default().min_uptime;
+        assert_eq!(pool.next_deadline(t0), Some(t0 + min_uptime));
+        let t1 = t0 + min_uptime;
+        pool.tick(&mut fx, t1);
+        // The old COMMAND has connections open: no SIGTERM yet.
+        assert_eq!(fx.take(), [Call::Serve(0, pid(2))]);
+        assert_eq!(pool.next_deadline(t1), Some(t1 + DRAIN_POLL));
+        fx.drained.insert(pid(1));
+        pool.tick(&mut fx, t1 + DRAIN_POLL);
+        assert_eq!(fx.take(), [Call::Signal(pid(1), Signal::SIGTERM)]);
+    }
+
+    #[test]
+    fn a_command_that_never_drains_gets_sigterm_halfway_and_sigkill_at_the_timeout() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(Readiness::Started, DrainStyle::WhenDrained), 1, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        pool.reload(&mut fx, None, t0).unwrap();
+        let t1 = t0 + RestartPolicy::default().min_uptime;
+        pool.tick(&mut fx, t1);
+        fx.take();
+        pool.tick(&mut fx, t1 + DRAIN / 2);
+        assert_eq!(fx.take(), [Call::Signal(pid(1), Signal::SIGTERM)]);
+        assert_eq!(pool.next_deadline(t1 + DRAIN / 2), Some(t1 + DRAIN));
+        pool.tick(&mut fx, t1 + DRAIN);
+        assert_eq!(fx.take(), [Call::Signal(pid(1), Signal::SIGKILL)]);
+        assert_eq!(phases(&pool)[0], (0, Some(101), Some(Phase::Stopping)));
+    }
+
+    #[test]
+    fn a_crashed_command_replacement_fails_the_reload() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(Readiness::Started, DrainStyle::WhenDrained), 1, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        pool.reload(&mut fx, None, t0).unwrap();
+        fx.take();
+        pool.exited(&mut fx, pid(2), exit(2, 1), t0 + Duration::from_millis(10));
+        assert!(pool.take_outcomes()[0].failure.is_some());
+        assert_eq!(pool.serving(0), Some(pid(1)));
+    }
+
+    #[test]
+    fn scaling_up_joins_when_ready_and_scaling_down_drains() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = serving_pool(2, t0);
+        pool.scale(&mut fx, 3, t0).unwrap();
+        assert_eq!(fx.take(), [Call::Start(2, pid(3))]);
+        pool.notified_ready(&mut fx, pid(3).as_raw(), None, t0);
+        assert_eq!(fx.take(), [Call::Serve(2, pid(3)), Call::Added(2)]);
+        pool.scale(&mut fx, 1, t0).unwrap();
+        assert_eq!(
+            fx.take(),
+            [
+                Call::Removed(2),
+                Call::Unserve(2),
+                Call::Signal(pid(3), Signal::SIGTERM),
+                Call::Removed(1),
+                Call::Unserve(1),
+                Call::Signal(pid(2), Signal::SIGTERM),
+            ]
+        );
+        assert_eq!(pool.slot_count(), 1);
+        // Their exits restart nothing.
+        pool.exited(&mut fx, pid(3), exit(3, 0), t0);
+        pool.exited(&mut fx, pid(2), exit(2, 0), t0);
+        assert_eq!(fx.take(), [Call::Forget(pid(3)), Call::Forget(pid(2))]);
+        assert_eq!(pool.next_deadline(t0), None);
+        assert_eq!(pool.scale(&mut fx, 0, t0), Err(PoolError::BadScale(0)));
+        assert_eq!(
+            pool.scale(&mut fx, MAX_SLOTS + 1, t0),
+            Err(PoolError::BadScale(MAX_SLOTS + 1))
+        );
+    }
+
+    #[test]
+    fn scaling_down_mid_reload_drops_the_removed_slots_from_it() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = serving_pool(2, t0);
+        pool.reload(&mut fx, None, t0).unwrap();
+        pool.scale(&mut fx, 1, t0).unwrap();
+        pool.notified_ready(&mut fx, pid(3).as_raw(), None, t0);
+        assert!(!pool.reloading());
+        assert_eq!(pool.take_outcomes()[0].replaced, 1);
+    }
+
+    #[test]
+    fn a_stop_drains_everyone_and_ends_when_all_are_reaped() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = serving_pool(2, t0);
+        pool.reload(&mut fx, None, t0).unwrap();
+        fx.take();
+        pool.stop(&mut fx, t0);
+        assert_eq!(
+            fx.take(),
+            [
+                Call::Signal(pid(1), Signal::SIGTERM),
+                Call::Signal(pid(2), Signal::SIGTERM),
+                Call::Signal(pid(3), Signal::SIGTERM),
+            ]
+        );
+        assert_eq!(
+            pool.take_outcomes()[0].failure.as_deref(),
+            Some("the pool is shutting down")
+        );
+        for n in 1..=3 {
+            assert!(!pool.finished(t0));
+            pool.exited(&mut fx, pid(n), exit(n, 0), t0);
+        }
+        assert!(pool.finished(t0));
+        assert!(pool.killed().is_empty());
+        assert_eq!(pool.next_deadline(t0), None, "nothing restarts");
+    }
+
+    #[test]
+    fn a_stop_kills_who_outlives_the_timeout_and_a_second_stop_kills_at_once() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = serving_pool(2, t0);
+        pool.stop(&mut fx, t0);
+        fx.take();
+        pool.exited(&mut fx, pid(2), exit(2, 0), t0);
+        pool.tick(&mut fx, t0 + SHUTDOWN);
+        assert_eq!(
+            fx.take(),
+            [Call::Forget(pid(2)), Call::Signal(pid(1), Signal::SIGKILL)]
+        );
+        assert_eq!(pool.killed(), [pid(1)]);
+        // Unreapable: the pool gives up on it after REAP_AFTER_KILL.
+        assert!(!pool.finished(t0 + SHUTDOWN));
+        assert!(pool.finished(t0 + SHUTDOWN + REAP_AFTER_KILL));
+
+        let (mut pool, mut fx) = serving_pool(2, t0);
+        pool.stop(&mut fx, t0);
+        pool.stop(&mut fx, t0);
+        assert_eq!(pool.killed(), [pid(1), pid(2)]);
+        assert!(fx.take().ends_with(&[
+            Call::Signal(pid(1), Signal::SIGKILL),
+            Call::Signal(pid(2), Signal::SIGKILL)
+        ]));
+        pool.exited(
+            &mut fx,
+            pid(1),
+            WaitStatus::Signaled(pid(1), Signal::SIGKILL, false),
+            t0,
+        );
+        pool.exited(
+            &mut fx,
+            pid(2),
+            WaitStatus::Signaled(pid(2), Signal::SIGKILL, false),
+            t0,
+        );
+        assert!(pool.finished(t0));
+    }
+
+    #[test]
+    fn a_command_stopping_gets_sigterm_once_drained() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(Readiness::Started, DrainStyle::WhenDrained), 1, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        fx.take();
+        pool.stop(&mut fx, t0);
+        assert!(fx.take().is_empty());
+        pool.tick(&mut fx, t0 + SHUTDOWN / 2);
+        assert_eq!(fx.take(), [Call::Signal(pid(1), Signal::SIGTERM)]);
+    }
+
+    #[test]
+    fn exit_descriptions_read_plainly() {
+        assert_eq!(ExitDescription(exit(1, 3)).to_string(), "exit code 3");
+        assert_eq!(
+            ExitDescription(WaitStatus::Signaled(pid(1), Signal::SIGKILL, false)).to_string(),
+            "killed by SIGKILL"
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! Rolling reloads under load: each slot's replacement starts on a new socket, takes the old
+//! socket's place in the program's map once ready, and the old worker drains. Nothing is lost:
+//! no refusal, reset, truncated answer or non-200, with new connections or kept-alive ones, with
+//! the built-in worker or a COMMAND that exits at once on SIGTERM. A replacement that fails
+//! stops the reload and leaves the old worker serving.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use cluster_tests::{
+    Cluster, PYTHON_SERVER, assert_no_fallback, cluster_run,
+    load::{Load, Reuse, Tally},
+    require_root,
+};
+use nix::sys::signal::{Signal, kill};
+
+const WORKERS: u32 = 4;
+const RELOADS: usize = 3;
+/// How long one whole reload of the pool may take on a saturated 2-core machine.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Sends `signal` and waits until the log has `finished` lines saying `reload finished`.
+fn reload(cluster: &Cluster, signal: Signal, finished: usize) {
+    kill(cluster.pid(), signal).expect("signal the supervisor");
+    let done = cluster.wait_for_log(RELOAD_TIMEOUT, |log| {
+        assert!(!log.contains("reload failed"), "a reload failed\n{log}");
+        (log.matches("reload finished").count() >= finished).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "reload {finished} did not finish\n{}",
+        cluster.log()
+    );
+}
+
+/// The pids answering a burst of new connections.
+fn answering_pids(cluster: &Cluster) -> BTreeSet<i32> {
+    let load = Load::start(cluster.addr(), "/", 2, Reuse::NewConnection);
+    assert!(load.wait_for_answers(200, Duration::from_secs(30)));
+    let tally = load.stop();
+    assert_eq!(tally.failed, 0, "{tally:?}");
+    tally.by_pid.keys().copied().collect()
+}
+
+/// Runs `RELOADS` back-to-back reloads of `cluster` under `load`, and checks that nothing failed
+/// and that every slot ends with a new worker.
+fn reloads_lose_nothing(cluster: Cluster, load: Load) {
+    let before = answering_pids(&cluster);
+    assert_eq!(before.len(), WORKERS as usize, "{before:?}");
+    assert!(
+        load.wait_for_answers(100, Duration::from_secs(30)),
+        "{}",
+        cluster.log()
+    );
+    for n in 1..=RELOADS {
+        let signal = if n % 2 == 0 {
+            Signal::SIGUSR2
+        } else {
+            Signal::SIGHUP
+        };
+        reload(&cluster, signal, n);
+        assert!(
+            load.wait_for_answers(50, Duration::from_secs(30)),
+            "{}",
+            cluster.log()
+        );
+    }
+    let tally: Tally = load.stop();
+    let after = answering_pids(&cluster);
+    let (status, log) = cluster.stop();
+    assert_eq!(
+        tally.failed, 0,
+        "failed requests: {:?}\n{log}",
+        tally.failures
+    );
+    assert!(tally.ok > 300, "{tally:?}");
+    assert_eq!(after.len(), WORKERS as usize, "{after:?}\n{log}");
+    assert!(before.is_disjoint(&after), "{before:?} {after:?}\n{log}");
+    assert_eq!(
+        log.matches("replacing the old one").count(),
+        RELOADS * WORKERS as usize,
+        "{log}"
+    );
+    assert!(status.success(), "{status}\n{log}");
+    assert_no_fallback(&log);
+}
+
+#[test]
+fn reloads_under_new_connection_load_lose_nothing() {
+    require_root();
+    let cluster = Cluster::start(&["--workers", "4"]);
+    let load = Load::start(cluster.addr(), "/", 4, Reuse::NewConnection);
+    reloads_lose_nothing(cluster, load);
+}
+
+#[test]
+fn reloads_under_keep_alive_load_lose_nothing() {
+    require_root();
+    let cluster = Cluster::start(&["--workers", "4"]);
+    let load = Load::start(cluster.addr(), "/", 8, Reuse::KeepAlive);
+    reloads_lose_nothing(cluster, load);
+}
+
+#[test]
+fn reloads_of_a_command_that_exits_at_once_on_sigterm_lose_nothing() {
+    require_root();
+    let mut command = cluster_run(&["--workers", "4"]);
+    command.args(["--", "python3", "-c", PYTHON_SERVER]);
+    let cluster = Cluster::start_command(command);
+    let load = Load::start(cluster.addr(), "/", 4, Reuse::NewConnection);
+    reloads_lose_nothing(cluster, load);
+}
+
+#[test]
+fn a_replacement_that_fails_stops_the_reload_and_the_old_workers_serve_on() {
+    require_root();
+    let marker = std::env::temp_dir().join(format!("cluster-reload-fails-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let script = format!(
+        "if [ -e '{}' ]; then echo 'broken build' >&2; exit 3; fi; exec python3 -c \"$0\"",
+        marker.display()
+    );
+    let mut command = cluster_run(&["--workers", "2"]);
+    command.args(["--", "sh", "-c", &script, PYTHON_SERVER]);
+    let cluster = Cluster::start_command(command);
+    let before = answering_pids(&cluster);
+    std::fs::write(&marker, b"").expect("create the marker");
+    kill(cluster.pid(), Signal::SIGHUP).expect("signal the supervisor");
+    let failed = cluster.wait_for_log(RELOAD_TIMEOUT, |log| {
+        log.lines()
+            .find(|l| l.contains("reload failed"))
+            .map(str::to_owned)
+    });
+    let _ = std::fs::remove_file(&marker);
+    let failed = failed.unwrap_or_else(|| panic!("no failed reload\n{}", cluster.log()));
+    assert!(failed.contains("slot 0"), "{failed}");
+    assert_eq!(answering_pids(&cluster), before, "the old workers serve on");
+    let (status, log) = cluster.stop();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(!log.contains("replacing the old one"), "{log}");
+}
+
+#[test]
+fn a_reload_asked_for_during_a_reload_is_refused() {
+    require_root();
+    let cluster = Cluster::start(&["--workers", "4"]);
+    // Two different signals: two pending SIGHUPs would merge into one.
+    kill(cluster.pid(), Signal::SIGHUP).expect("signal the supervisor");
+    kill(cluster.pid(), Signal::SIGUSR2).expect("signal the supervisor");
+    reload(&cluster, Signal::SIGWINCH, 1);
+    let (status, log) = cluster.stop();
+    assert!(status.success(), "{status}\n{log}");
+    assert_eq!(log.matches("reload refused").count(), 1, "{log}");
+    assert!(log.contains("a reload is already running"), "{log}");
+    assert_eq!(log.matches("reload finished").count(), 1, "{log}");
+}
