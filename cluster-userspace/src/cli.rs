@@ -1,6 +1,6 @@
 //! The command line: `cluster run` and its options, parsed and validated by clap.
 
-use std::{ffi::OsString, fmt, net::SocketAddr, num::NonZeroU32};
+use std::{ffi::OsString, fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cluster_common::MAX_SLOTS;
@@ -25,6 +25,89 @@ pub enum Command {
     /// The built-in demo HTTP server; `cluster run` starts one per slot when no COMMAND is given.
     #[command(hide = true, display_name = "cluster")]
     Worker,
+    /// Show the running pool: a row per worker (`--json` for scripts, `--watch` to follow).
+    Status(StatusArgs),
+    /// Replace every worker, one slot at a time, without losing a connection. Exits non-zero if
+    /// a replacement fails (the old workers keep serving).
+    Reload(Target),
+    /// Stop the pool gracefully: every worker drains, then the supervisor exits.
+    Stop(Target),
+    /// Grow or shrink the pool to N workers; removed workers drain.
+    Scale(ScaleArgs),
+    /// Replace one slot's worker, as a reload does.
+    Drain(SlotArgs),
+    /// Send a JSON message to every worker.
+    Broadcast(BroadcastArgs),
+    /// Send a JSON message to one slot's worker.
+    Send(SendArgs),
+}
+
+/// Which running supervisor a subcommand talks to: without either option, the only one running.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// The supervisor's control socket (what `cluster run --control` was given).
+    #[arg(long, value_name = "PATH", conflicts_with = "pid")]
+    pub control: Option<PathBuf>,
+    /// The supervisor's pid, for a supervisor with the default control socket.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw the table every second until interrupted.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// The number of workers wanted.
+    #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SLOTS)))]
+    pub workers: u32,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct SlotArgs {
+    /// The slot whose worker is replaced.
+    #[arg(value_name = "SLOT")]
+    pub slot: u32,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct BroadcastArgs {
+    /// The message: any JSON value.
+    #[arg(value_name = "JSON", value_parser = parse_json)]
+    pub message: serde_json::Value,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The slot whose worker gets the message.
+    #[arg(value_name = "SLOT")]
+    pub slot: u32,
+    /// The message: any JSON value.
+    #[arg(value_name = "JSON", value_parser = parse_json)]
+    pub message: serde_json::Value,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Parses a message argument as JSON.
+fn parse_json(value: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(value)
+        .map_err(|err| format!("not JSON ({err}); quote strings: '\"text\"'"))
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +166,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ready_timeout: u64,
+
+    /// Path of the control socket that `cluster status`, `reload`, `stop` and the other
+    /// subcommands talk to. Default: `PID.sock` in `$XDG_RUNTIME_DIR/cluster`, or in
+    /// `/run/cluster` for root.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
 
     /// Let workers write to the supervisor's stdout and stderr directly, instead of capturing
     /// their output and logging it line by line with their slot and pid.
@@ -290,8 +379,31 @@ mod tests {
         let argv = ["cluster", "run"].iter().chain(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Run(run) => run,
-            Command::Worker => panic!("parsed as worker"),
+            other => panic!("parsed as {other:?}"),
         })
+    }
+
+    #[test]
+    fn control_subcommands() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["cluster"].iter().chain(args));
+        assert!(matches!(
+            parse(&["scale", "3", "--pid", "9"]).unwrap().command,
+            Command::Scale(ScaleArgs {
+                workers: 3,
+                target: Target {
+                    pid: Some(9),
+                    control: None
+                }
+            })
+        ));
+        assert!(parse(&["scale", "0"]).is_err());
+        assert!(parse(&["reload", "--pid", "1", "--control", "/x"]).is_err());
+        assert!(parse(&["send", "1", "not json"]).is_err());
+        assert!(matches!(
+            parse(&["broadcast", "{\"users\":3}"]).unwrap().command,
+            Command::Broadcast(_)
+        ));
+        assert!(parse(&["explode"]).is_err());
     }
 
     #[test]

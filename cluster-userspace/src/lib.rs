@@ -7,10 +7,14 @@
 //! - [`steering`]: the program in the kernel and the other steering modes.
 //! - [`listener`]: creating the listening sockets.
 //! - [`handoff`]: the names of the socket hand-off to workers.
+//! - [`commands`]: the subcommands that talk to a running supervisor.
+//! - [`control`]: the control socket and the subcommands' client.
 //! - [`notify`]: readiness notifications (sd_notify protocol) from workers.
 //! - [`worker`]: the built-in demo HTTP worker.
 
 pub mod cli;
+pub mod commands;
+pub mod control;
 pub mod cpus;
 pub mod handoff;
 pub mod listener;

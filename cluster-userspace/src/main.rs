@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use cluster::{
     cli::{Cli, Command, LogFormat},
-    handoff, supervisor,
+    commands, handoff, supervisor,
     telemetry::{self, Style},
     worker,
 };
@@ -36,6 +36,10 @@ fn main() -> ExitCode {
             format: LogFormat::Text,
             timestamps: std::env::var_os(handoff::OUTPUT_CAPTURED).is_none(),
         },
+        _ => Style {
+            format: LogFormat::Text,
+            timestamps: false,
+        },
     };
     let log = telemetry::init(style);
     let result: anyhow::Result<ExitCode> = match cli.command {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Command::Worker => worker::run()
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
+        control => commands::run(control).map(|()| ExitCode::SUCCESS),
     };
     // Write out the queued log before the last word, so it comes last.
     drop(log);

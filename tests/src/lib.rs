@@ -302,6 +302,44 @@ impl Cluster {
             .map(Pid::from_raw)
     }
 
+    /// Runs the control subcommand `cluster ARGS --pid PID` against this cluster.
+    #[must_use]
+    pub fn control(&self, args: &[&str]) -> Captured {
+        let mut command = cluster_command(args);
+        command.args(["--pid", &self.pid().to_string()]);
+        run_captured(command)
+    }
+
+    /// `cluster status --json`, parsed.
+    #[must_use]
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.control(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {out:?}\n{}",
+            self.log()
+        );
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|err| panic!("status --json is not JSON ({err}): {}", out.stdout))
+    }
+
+    /// The pids of the serving workers, by slot, from `status --json`.
+    #[must_use]
+    pub fn serving_pids(&self) -> BTreeMap<u64, i64> {
+        self.status()["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter(|row| row["phase"] == "serving")
+            .map(|row| {
+                (
+                    row["slot"].as_u64().expect("slot"),
+                    row["pid"].as_i64().expect("pid"),
+                )
+            })
+            .collect()
+    }
+
     /// Sends SIGTERM and waits for the supervisor to exit; returns its status and full log.
     pub fn stop(self) -> (ExitStatus, String) {
         self.stop_by(Signal::SIGTERM)
@@ -310,6 +348,15 @@ impl Cluster {
     /// Sends `signal` and waits for the supervisor to exit; returns its status and full log.
     pub fn stop_by(mut self, signal: Signal) -> (ExitStatus, String) {
         let status = self.stop_with(signal);
+        self.wait_for_log_end();
+        (status, self.log())
+    }
+
+    /// Waits for the supervisor to exit by itself (`cluster stop`); returns its status and log.
+    pub fn wait_for_exit(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        let what = format!("cluster did not exit:\n{}", self.log());
+        let status = wait_for_exit(&mut child, EXIT_TIMEOUT, &what);
         self.wait_for_log_end();
         (status, self.log())
     }
@@ -364,6 +411,41 @@ pub fn run_to_exit(mut command: Command) -> (ExitStatus, String) {
     let what = format!("`cluster` hung instead of exiting: {command:?}");
     let status = wait_for_exit(&mut child, Duration::from_secs(30), &what);
     (status, reader.join().expect("stderr reader"))
+}
+
+/// What a command printed, and how it exited.
+#[derive(Debug)]
+pub struct Captured {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to completion (at most 90 s: a reload may take that long on a busy machine)
+/// and returns its exit status, stdout and stderr.
+#[must_use]
+pub fn run_captured(mut command: Command) -> Captured {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn(&mut command);
+    let read_all = |mut pipe: Box<dyn io::Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let what = format!("`cluster` hung instead of exiting: {command:?}");
+    let status = wait_for_exit(&mut child, Duration::from_secs(90), &what);
+    Captured {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
 }
 
 /// Starts `command`, failing the test with the reason if it cannot.

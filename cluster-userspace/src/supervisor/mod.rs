@@ -15,8 +15,9 @@ pub mod parking;
 pub mod pool;
 pub mod signals;
 pub mod spawn;
+pub mod status;
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{io, net::SocketAddr, path::PathBuf, time::Duration};
 
 use nix::{
     errno::Errno,
@@ -39,11 +40,15 @@ use self::{
 };
 use crate::{
     cli::{RunArgs, SteeringMode},
+    control::{
+        ControlError, paths,
+        protocol::{Answer, Request},
+        server::{ControlServer, Pending},
+    },
     cpus,
     listener::{self, ListenError},
     notify::NotifySocket,
     steering::{ProgramError, Steering, enable_run_stats},
-    telemetry,
 };
 
 /// Why the supervisor could not start or run.
@@ -57,6 +62,8 @@ pub enum SupervisorError {
     Spawn(#[from] SpawnError),
     #[error(transparent)]
     Parking(#[from] ParkingError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
     #[error("{op} failed: {source}")]
     Os {
         op: &'static str,
@@ -86,6 +93,8 @@ pub struct Options {
     pub capture_output: bool,
     /// Measure the programs' cost (`--bpf-stats`).
     pub bpf_stats: bool,
+    /// The control socket's path (`--control`); `None` for the default one.
+    pub control: Option<PathBuf>,
 }
 
 /// How the pool ended, when it was asked to stop.
@@ -157,6 +166,7 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
         readiness,
         capture_output: !args.log_passthrough,
         bpf_stats: args.bpf_stats,
+        control: args.control,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -181,6 +191,9 @@ struct Supervisor {
     pool: Pool,
     fx: SystemEffects,
     notify: NotifySocket,
+    control: ControlServer,
+    /// Control requests waiting for the running reload to end.
+    reload_waiters: Vec<Pending>,
     /// Keeps the kernel's BPF run-time stats on while the supervisor runs (`--bpf-stats`).
     run_stats: Option<std::os::fd::OwnedFd>,
 }
@@ -215,12 +228,22 @@ impl Supervisor {
             shutdown_timeout: options.shutdown_timeout,
             reload_batch: options.reload_batch,
         };
+        let control_path = match &options.control {
+            Some(path) => path.clone(),
+            None => {
+                paths::ensure_private_dir(&paths::runtime_dir())?;
+                paths::socket_of(nix::unistd::getpid())
+            }
+        };
+        let control = ControlServer::bind(&control_path)?;
         let pool = Pool::new(config, options.slots, std::time::Instant::now());
         Ok(Self {
             options,
             pool,
             fx,
             notify,
+            control,
+            reload_waiters: Vec::new(),
             run_stats,
         })
     }
@@ -241,7 +264,8 @@ impl Supervisor {
             if self.pool.newly_all_serving() {
                 let migrate = self.fx.steering.program().is_some_and(|p| p.migrates());
                 info!(addr = %self.options.addr, workers = self.pool.slot_count(),
-                      steering = %self.options.mode, migrate, "ready");
+                      steering = %self.options.mode, migrate,
+                      control = %self.control.path().display(), "ready");
             }
             // Without signals (signalfd failed) a stopping pool polls for exits.
             let poll = (!signals_ok).then(|| now + DRAIN_POLL);
@@ -260,8 +284,10 @@ impl Supervisor {
                     Ok(_) => {}
                     Err(err) => warn!(error = %err, "readiness notification dropped"),
                 },
+                pending = self.control.recv() => self.control_request(pending),
                 () = sleep_until(next.map_or_else(Instant::now, Instant::from_std)), if next.is_some() => {}
             }
+            self.answer_reload_waiters();
             if !signals_ok {
                 self.reap();
             }
@@ -325,6 +351,69 @@ impl Supervisor {
         }
     }
 
+    /// Acts on a control request; a reload or drain is answered when it ends.
+    fn control_request(&mut self, pending: Pending) {
+        let now = std::time::Instant::now();
+        info!(peer_pid = pending.peer_pid, request = ?pending.request, "control request");
+        match &pending.request {
+            Request::Status => {
+                let status = self.status();
+                pending.answer(Answer {
+                    status: Some(status),
+                    ..Answer::ok()
+                });
+            }
+            Request::Reload | Request::Drain { .. } => {
+                let slot = match pending.request {
+                    Request::Drain { slot } => Some(slot),
+                    _ => None,
+                };
+                match self.pool.reload(&mut self.fx, slot, now) {
+                    Ok(_) => self.reload_waiters.push(pending),
+                    Err(err) => pending.answer(Answer::error(err.to_string())),
+                }
+            }
+            Request::Stop => {
+                pending.answer(Answer::ok());
+                self.pool.stop(&mut self.fx, now);
+            }
+            Request::Scale { workers } => match self.pool.scale(&mut self.fx, *workers, now) {
+                Ok(()) => pending.answer(Answer::ok()),
+                Err(err) => pending.answer(Answer::error(err.to_string())),
+            },
+            Request::Broadcast { .. } | Request::Send { .. } => {
+                pending.answer(Answer::error("worker messages are not available yet"));
+            }
+        }
+    }
+
+    /// Answers the requests waiting for a reload that ended.
+    fn answer_reload_waiters(&mut self) {
+        for outcome in self.pool.take_outcomes() {
+            for waiter in self.reload_waiters.drain(..) {
+                waiter.answer(match &outcome.failure {
+                    None => Answer {
+                        replaced: Some(outcome.replaced),
+                        ..Answer::ok()
+                    },
+                    Some(reason) => Answer {
+                        replaced: Some(outcome.replaced),
+                        ..Answer::error(format!("reload failed: {reason}"))
+                    },
+                });
+            }
+        }
+    }
+
+    fn status(&self) -> crate::control::protocol::PoolStatus {
+        status::snapshot(
+            &self.pool,
+            &self.fx,
+            &self.options.addr.to_string(),
+            &self.options.mode.to_string(),
+        )
+    }
+
     /// Collects every exited child.
     fn reap(&mut self) {
         for (pid, status) in exited_children() {
@@ -335,34 +424,9 @@ impl Supervisor {
         while self.fx.output.try_join_next().is_some() {}
     }
 
-    /// Logs one line per worker (SIGUSR1): its slot, pid, phase, uptime and restarts, the
-    /// connections the program steered to the slot, and, of the worker's own socket, the
-    /// connections open now and established since it started; then one line for the pool.
+    /// Logs the pool's status (SIGUSR1).
     fn log_status(&self) {
-        let program = self.fx.steering.program();
-        for row in self.pool.status() {
-            let steered = program
-                .and_then(|p| p.slot_counters(row.slot).ok())
-                .map(|c| c.connections + c.migrated);
-            let socket = row.pid.and_then(|pid| self.fx.socket_counters(pid));
-            info!(
-                slot = row.slot,
-                pid = row.pid.map(Pid::as_raw),
-                phase = %row.phase.map_or_else(|| "restarting".to_owned(), |p| p.to_string()),
-                uptime_s = row.started.map(|t| t.elapsed().as_secs()),
-                restarts = row.restarts,
-                steered,
-                open = socket.map(|c| c.open),
-                connections = socket.map(|c| c.connections),
-                "worker status"
-            );
-        }
-        let serving = (0..self.pool.slot_count())
-            .filter(|&slot| self.pool.serving(slot).is_some())
-            .count();
-        info!(addr = %self.options.addr, workers = self.pool.slot_count(), serving,
-              steering = %self.options.mode, reloading = self.pool.reloading(),
-              dropped_log_lines = telemetry::dropped_lines(), "pool status");
+        status::log(&self.status());
     }
 
     /// Logs the program's per-slot and fallback counters (the final tally of a run).

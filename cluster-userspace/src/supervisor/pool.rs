@@ -126,7 +126,7 @@ pub struct StatusRow {
     /// `None` for a slot waiting to restart its worker.
     pub phase: Option<Phase>,
     pub started: Option<Instant>,
-    /// Workers started in this slot after its first.
+    /// Workers started in this slot after one exited (reload replacements are not restarts).
     pub restarts: u32,
 }
 
@@ -176,7 +176,9 @@ struct Slot {
     starting: Option<Pid>,
     restart_at: Option<Instant>,
     backoff: Backoff,
-    starts: u32,
+    /// Workers started in the slot after one exited (not reload replacements).
+    restarts: u32,
+    started_once: bool,
     /// In the sticky table.
     member: bool,
 }
@@ -625,10 +627,7 @@ impl Pool {
                 pid: Some(pid),
                 phase: Some(w.phase()),
                 started: Some(w.started),
-                restarts: self
-                    .slots
-                    .get(w.slot as usize)
-                    .map_or(0, |s| s.starts.saturating_sub(1)),
+                restarts: self.slots.get(w.slot as usize).map_or(0, |s| s.restarts),
             })
             .collect();
         for (slot, entry) in (0u32..).zip(&self.slots) {
@@ -638,7 +637,7 @@ impl Pool {
                     pid: None,
                     phase: None,
                     started: None,
-                    restarts: entry.starts.saturating_sub(1),
+                    restarts: entry.restarts,
                 });
             }
         }
@@ -677,10 +676,13 @@ impl Pool {
     ) -> Result<(), SupervisorError> {
         let pid = fx.start(slot)?;
         let entry = &mut self.slots[slot as usize];
-        entry.starts += 1;
-        entry.starting = Some(pid);
-        entry.restart_at = None;
         let replacing = entry.serving.is_some();
+        if entry.started_once && !replacing {
+            entry.restarts += 1;
+        }
+        entry.started_once = true;
+        entry.restart_at = None;
+        entry.starting = Some(pid);
         info!(slot, pid = pid.as_raw(), "worker started");
         let (ready_at, ready_by) = match self.config.readiness {
             // A replacement must prove it does not crash at once before it takes over.

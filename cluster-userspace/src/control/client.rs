@@ -1,0 +1,61 @@
+//! The subcommands' side of the control socket: one request, one answer.
+
+use std::{
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+};
+
+use super::{
+    ControlError,
+    protocol::{Answer, Request},
+};
+
+/// Sends `request` to the supervisor at `path` and returns its answer; a refusal (`ok: false`)
+/// is an error carrying the supervisor's reason.
+pub fn call(path: &Path, request: &Request) -> Result<Answer, ControlError> {
+    let mut stream = UnixStream::connect(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ControlError::NotListening {
+            path: path.to_owned(),
+        },
+        io::ErrorKind::PermissionDenied => ControlError::Denied {
+            path: path.to_owned(),
+        },
+        _ => ControlError::Io {
+            op: "connecting to the control socket",
+            path: path.to_owned(),
+            source,
+        },
+    })?;
+    let io_error = |op| {
+        move |source| ControlError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let mut line =
+        serde_json::to_string(request).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(io_error("sending to the control socket"))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(io_error("reading from the control socket"))?;
+    if answer.is_empty() {
+        return Err(ControlError::BadAnswer(
+            "the supervisor closed the connection without answering (it exited?)".to_owned(),
+        ));
+    }
+    let answer: Answer =
+        serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    if answer.ok {
+        Ok(answer)
+    } else {
+        Err(ControlError::Refused(
+            answer.error.unwrap_or_else(|| "refused".to_owned()),
+        ))
+    }
+}

@@ -1,0 +1,111 @@
+//! The control protocol: a client connects, writes one request as a JSON object on one line,
+//! and reads one answer line; then the supervisor closes the connection.
+//!
+//! ```text
+//! {"command":"status"}                    {"ok":true,"status":{...}}
+//! {"command":"reload"}                    {"ok":true,"replaced":4}   (once the reload ended)
+//! {"command":"drain","slot":2}            {"ok":true,"replaced":1}
+//! {"command":"scale","workers":8}         {"ok":true}
+//! {"command":"stop"}                      {"ok":true}
+//! {"command":"broadcast","message":{..}}  {"ok":true,"delivered":4}
+//! {"command":"send","slot":1,"message":1} {"ok":true,"delivered":1}
+//! anything else                           {"ok":false,"error":"..."}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// The longest request line accepted, newline included.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// One request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Reload,
+    Stop,
+    Scale {
+        workers: u32,
+    },
+    Drain {
+        slot: u32,
+    },
+    Broadcast {
+        message: serde_json::Value,
+    },
+    Send {
+        slot: u32,
+        message: serde_json::Value,
+    },
+}
+
+/// One answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PoolStatus>,
+    /// Slots whose worker a reload or drain replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<u32>,
+    /// Workers a message was written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u32>,
+}
+
+impl Answer {
+    #[must_use]
+    pub fn ok() -> Self {
+        Self {
+            ok: true,
+            ..Self::default()
+        }
+    }
+
+    #[must_use]
+    pub fn error(reason: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(reason.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// The pool as `cluster status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub supervisor_pid: i32,
+    pub addr: String,
+    pub steering: String,
+    /// Slots.
+    pub workers: u32,
+    /// Slots with a serving worker.
+    pub serving: u32,
+    pub reloading: bool,
+    pub rows: Vec<WorkerRow>,
+}
+
+/// One worker, or a slot waiting to restart its worker (`pid` and `phase` `restarting`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRow {
+    pub slot: u32,
+    pub pid: Option<i32>,
+    /// `starting`, `serving`, `draining`, `stopping`, or `restarting` (no worker).
+    pub phase: String,
+    pub uptime_s: Option<u64>,
+    /// Workers started in the slot after one exited (reload replacements are not restarts).
+    pub restarts: u32,
+    /// Connections open on the worker's socket now (queued ones included).
+    pub open: Option<i64>,
+    /// Connections established on the worker's socket since it started.
+    pub connections: Option<u64>,
+    /// Connections the program steered to the slot, over all its workers.
+    pub steered: Option<u64>,
+    /// Connections migrated to the slot from closing sockets.
+    pub migrated: Option<u64>,
+    /// Resident memory of the worker process.
+    pub rss_bytes: Option<u64>,
+}

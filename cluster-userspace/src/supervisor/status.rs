@@ -1,0 +1,103 @@
+//! The pool's status as `cluster status` and SIGUSR1 show it: each worker's phase and uptime,
+//! its socket's counters and its slot's from the program, and its resident memory.
+
+use std::time::Instant;
+
+use nix::unistd::Pid;
+use tracing::info;
+
+use super::{effects::SystemEffects, pool::Pool};
+use crate::{
+    control::protocol::{PoolStatus, WorkerRow},
+    telemetry,
+};
+
+/// A snapshot of the pool.
+#[must_use]
+pub fn snapshot(pool: &Pool, fx: &SystemEffects, addr: &str, steering: &str) -> PoolStatus {
+    let program = fx.steering.program();
+    let now = Instant::now();
+    let rows = pool
+        .status()
+        .into_iter()
+        .map(|row| {
+            let slot_counters = program.and_then(|p| p.slot_counters(row.slot).ok());
+            let socket = row.pid.and_then(|pid| fx.socket_counters(pid));
+            WorkerRow {
+                slot: row.slot,
+                pid: row.pid.map(Pid::as_raw),
+                phase: row
+                    .phase
+                    .map_or_else(|| "restarting".to_owned(), |p| p.to_string()),
+                uptime_s: row
+                    .started
+                    .map(|t| now.saturating_duration_since(t).as_secs()),
+                restarts: row.restarts,
+                open: socket.map(|c| c.open),
+                connections: socket.map(|c| c.connections),
+                steered: slot_counters.map(|c| c.connections + c.migrated),
+                migrated: slot_counters.map(|c| c.migrated),
+                rss_bytes: row.pid.and_then(resident_bytes),
+            }
+        })
+        .collect();
+    PoolStatus {
+        supervisor_pid: nix::unistd::getpid().as_raw(),
+        addr: addr.to_owned(),
+        steering: steering.to_owned(),
+        workers: pool.slot_count(),
+        serving: u32::try_from(
+            (0..pool.slot_count())
+                .filter(|&slot| pool.serving(slot).is_some())
+                .count(),
+        )
+        .unwrap_or(u32::MAX),
+        reloading: pool.reloading(),
+        rows,
+    }
+}
+
+/// Logs a snapshot: a `worker status` line per row, then a `pool status` line (SIGUSR1).
+pub fn log(status: &PoolStatus) {
+    for row in &status.rows {
+        info!(
+            slot = row.slot,
+            pid = row.pid,
+            phase = %row.phase,
+            uptime_s = row.uptime_s,
+            restarts = row.restarts,
+            steered = row.steered,
+            open = row.open,
+            connections = row.connections,
+            rss_bytes = row.rss_bytes,
+            "worker status"
+        );
+    }
+    info!(addr = %status.addr, workers = status.workers, serving = status.serving,
+          steering = %status.steering, reloading = status.reloading,
+          dropped_log_lines = telemetry::dropped_lines(), "pool status");
+}
+
+/// The resident memory of `pid` (the second field of /proc/PID/statm, in pages).
+#[must_use]
+pub fn resident_bytes(pid: Pid) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|size| u64::try_from(size).ok())?;
+    Some(pages * page_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_resident_memory_is_read() {
+        let rss = resident_bytes(nix::unistd::getpid()).unwrap();
+        assert!(rss > 1024 * 1024, "{rss}");
+        assert_eq!(resident_bytes(Pid::from_raw(i32::MAX)), None);
+    }
+}
