@@ -14,6 +14,10 @@ pub const LISTEN_PID: &str = "LISTEN_PID";
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 /// The worker's slot number.
 pub const WORKER_ID: &str = "CLUSTER_WORKER_ID";
+/// The fd a worker finds its message channel to the supervisor on (see [`CHANNEL`]).
+pub const CHANNEL_FD: RawFd = 4;
+/// Names [`CHANNEL_FD`]: a Unix stream socket carrying newline-delimited JSON both ways.
+pub const CHANNEL: &str = "CLUSTER_CHANNEL_FD";
 /// Set (to `1`) when the supervisor captures the worker's stdout and stderr and logs each line
 /// with a timestamp of its own; the demo worker then leaves timestamps out of its lines.
 pub const OUTPUT_CAPTURED: &str = "CLUSTER_OUTPUT_CAPTURED";

@@ -1,7 +1,9 @@
 //! Readiness notifications, the sd_notify(3) protocol: workers send `READY=1` (newline-separated
 //! `KEY=VALUE` lines) as a datagram to the socket named by `NOTIFY_SOCKET`. The supervisor's
-//! socket lives in the abstract namespace (`@cluster-<pid>-notify`), so there is no file to
-//! clean up, and SO_PASSCRED makes the kernel attach the sender's real pid to each message.
+//! socket is a file in its private runtime directory (mode 0700, beside the control socket), so
+//! no other user can send to it, pre-bind its name or flood it (an abstract name would be
+//! visible to all in /proc/net/unix and open to all). SO_PASSCRED makes the kernel attach the
+//! sender's real pid to each message.
 //!
 //! Standard clients work: `systemd-notify --ready` follows `READY=1` with `BARRIER=1`, which
 //! carries a pipe descriptor and waits until the receiver closes it (systemd's answer to a
@@ -51,29 +53,44 @@ pub struct Notification {
 #[derive(Debug)]
 pub struct NotifySocket {
     socket: UnixDatagram,
-    name: String,
+    env_value: String,
+    /// The socket's file, removed on drop.
+    path: Option<std::path::PathBuf>,
 }
 
 impl NotifySocket {
-    /// Binds `@cluster-<pid>-notify`. Needs a tokio runtime.
-    pub fn bind() -> io::Result<Self> {
-        Self::bind_named(format!("cluster-{}-notify", std::process::id()))
+    /// Binds a socket file at `path` (a stale one is replaced). Needs a tokio runtime.
+    pub fn bind(path: &std::path::Path) -> io::Result<Self> {
+        let _ = std::fs::remove_file(path);
+        let mut socket = Self::bind_at(&SocketAddr::from_pathname(path)?)?;
+        socket.env_value = path.display().to_string();
+        socket.path = Some(path.to_owned());
+        Ok(socket)
     }
 
+    /// Binds the abstract name `@name` (for tests).
+    #[cfg(test)]
     fn bind_named(name: String) -> io::Result<Self> {
-        let socket = StdDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+        let mut socket = Self::bind_at(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+        socket.env_value = format!("@{name}");
+        Ok(socket)
+    }
+
+    fn bind_at(address: &SocketAddr) -> io::Result<Self> {
+        let socket = StdDatagram::bind_addr(address)?;
         setsockopt(&socket, PassCred, &true)?;
         socket.set_nonblocking(true)?;
         Ok(Self {
             socket: UnixDatagram::from_std(socket)?,
-            name,
+            env_value: String::new(),
+            path: None,
         })
     }
 
     /// The value of `NOTIFY_SOCKET` for workers.
     #[must_use]
     pub fn env_value(&self) -> String {
-        format!("@{}", self.name)
+        self.env_value.clone()
     }
 
     /// Waits for the next datagram. Datagrams without credentials are skipped.
@@ -202,8 +219,19 @@ fn send(target: &[u8], message: &[u8]) -> io::Result<()> {
         Some(name) => SocketAddr::from_abstract_name(name)?,
         None => SocketAddr::from_pathname(OsStr::from_bytes(target))?,
     };
-    StdDatagram::unbound()?.send_to_addr(message, &address)?;
+    // Never wait: a full receive queue fails the send instead of stalling the worker's loop.
+    let socket = StdDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    socket.send_to_addr(message, &address)?;
     Ok(())
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 #[cfg(test)]

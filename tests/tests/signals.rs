@@ -240,7 +240,7 @@ fn fault_signals_keep_their_default_action() {
 
 /// `nohup`, or a shell's `trap '' …`, ignores signals for the supervisor, which blocks others
 /// for its signalfd: a worker must still start with every signal at its default action, none
-/// blocked, and no descriptor beyond its hand-off (0 to 3).
+/// blocked, and no descriptor beyond its hand-off (0 to 3, and 4, its message channel).
 #[test]
 fn workers_start_with_a_clean_signal_state_and_only_their_descriptors() {
     let mut command = std::process::Command::new("sh");
@@ -266,7 +266,12 @@ fn workers_start_with_a_clean_signal_state_and_only_their_descriptors() {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     fds.sort_unstable();
-    assert_eq!(fds, vec![0, 1, 2, 3], "descriptors of the worker");
+    assert_eq!(fds, vec![0, 1, 2, 3, 4], "descriptors of the worker");
+    let channel = std::fs::read_link(format!("/proc/{worker}/fd/4")).unwrap();
+    assert!(
+        channel.to_string_lossy().starts_with("socket:"),
+        "{channel:?}"
+    );
     // SIGTERM reaches it: the stop is clean although the supervisor's parent ignored TERM.
     let (status, log) = cluster.stop();
     assert_eq!(status.code(), Some(0), "{log}");

@@ -37,14 +37,14 @@ pub fn call(path: &Path, request: &Request) -> Result<Answer, ControlError> {
     let mut line =
         serde_json::to_string(request).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
     line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .map_err(io_error("sending to the control socket"))?;
+    // A supervisor that refuses the peer answers before reading the request and closes, so the
+    // write may fail with EPIPE while its answer waits to be read.
+    let sent = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(io_error("reading from the control socket"))?;
+    let read = BufReader::new(stream).read_line(&mut answer);
     if answer.is_empty() {
+        sent.map_err(io_error("sending to the control socket"))?;
+        read.map_err(io_error("reading from the control socket"))?;
         return Err(ControlError::BadAnswer(
             "the supervisor closed the connection without answering (it exited?)".to_owned(),
         ));

@@ -20,6 +20,7 @@ use tracing::{debug, error};
 
 use super::{
     SupervisorError,
+    channel::{self, WorkerChannel},
     output::WorkerPipes,
     parking::Parking,
     pool::Effects,
@@ -59,9 +60,12 @@ pub struct SystemEffects {
     pub parking: Option<Parking>,
     /// `NOTIFY_SOCKET` for workers.
     pub notify_env: String,
-    /// The tasks logging the workers' output.
+    /// The tasks logging the workers' output and carrying their messages.
     pub output: JoinSet<()>,
     held: BTreeMap<Pid, Held>,
+    channels: BTreeMap<Pid, WorkerChannel>,
+    /// The last `cluster broadcast`, given to every worker started afterwards too.
+    last_broadcast: Option<String>,
 }
 
 impl SystemEffects {
@@ -97,6 +101,8 @@ impl SystemEffects {
             notify_env: notify.env_value(),
             output: JoinSet::new(),
             held: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            last_broadcast: None,
         })
     }
 
@@ -105,6 +111,26 @@ impl SystemEffects {
     pub fn socket_counters(&self, pid: Pid) -> Option<SocketCounters> {
         let id = self.held.get(&pid)?.socket_id?;
         self.steering.program()?.socket_counters(id).ok()
+    }
+
+    /// Sends `message` to each of `pids`; returns how many it was queued for. A broadcast is
+    /// also kept for the workers started later.
+    pub fn send_message(
+        &mut self,
+        pids: &[Pid],
+        message: &serde_json::Value,
+        broadcast: bool,
+    ) -> u32 {
+        let line = channel::custom(message);
+        if broadcast {
+            self.last_broadcast = Some(line.clone());
+        }
+        let delivered = pids
+            .iter()
+            .filter_map(|pid| self.channels.get(pid))
+            .filter(|channel| channel.send(line.clone()))
+            .count();
+        u32::try_from(delivered).unwrap_or(u32::MAX)
     }
 
     fn worker_socket<'a>(&'a self, own: Option<&'a Socket>) -> Option<BorrowedFd<'a>> {
@@ -130,6 +156,11 @@ impl Effects for SystemEffects {
         } else {
             None
         };
+        let (channel_ours, channel_theirs) =
+            channel::pair().map_err(|source| SupervisorError::Os {
+                op: "creating a worker's message channel (socketpair)",
+                source,
+            })?;
         let listener =
             self.worker_socket(own_socket.as_ref())
                 .ok_or_else(|| SupervisorError::Os {
@@ -142,10 +173,23 @@ impl Effects for SystemEffects {
             fd_name: FD_NAME,
             notify_socket: &self.notify_env,
             output: pipes.as_ref().map(WorkerPipes::child_ends),
+            channel: Some(channel_theirs.as_fd()),
         };
         let pid = spawn::spawn(&self.program, &handoff)?;
+        drop(channel_theirs);
         if let Some(pipes) = pipes {
             pipes.forward(slot, pid, &mut self.output);
+        }
+        match WorkerChannel::start(channel_ours, slot, pid, &mut self.output) {
+            Ok(channel) => {
+                if let Some(line) = &self.last_broadcast {
+                    channel.send(line.clone());
+                }
+                self.channels.insert(pid, channel);
+            }
+            Err(err) => {
+                error!(slot, pid = pid.as_raw(), error = %err, "could not open the worker's message channel")
+            }
         }
         self.held.insert(
             pid,
@@ -196,6 +240,12 @@ impl Effects for SystemEffects {
         }
     }
 
+    fn tell_draining(&mut self, pid: Pid) {
+        if let Some(channel) = self.channels.get(&pid) {
+            channel.send(channel::DRAIN.to_owned());
+        }
+    }
+
     fn signal(&mut self, pid: Pid, signal: Signal) {
         signal_group(pid, signal);
     }
@@ -206,6 +256,17 @@ impl Effects for SystemEffects {
     }
 
     fn forget(&mut self, pid: Pid) {
+        // Whatever the worker started and left behind (`sh -c 'server'` leaves `server`) would
+        // keep holding its socket, and with it the port: end its whole process group. The
+        // group id cannot have been reused while a member is left (pids are not reused as
+        // group ids that exist).
+        if killpg(pid, Signal::SIGKILL).is_ok() {
+            tracing::warn!(
+                pid = pid.as_raw(),
+                "worker exited and left processes in its group; killed them"
+            );
+        }
+        self.channels.remove(&pid);
         if self.held.remove(&pid).is_some_and(|h| h.socket.is_some()) {
             debug!(
                 pid = pid.as_raw(),

@@ -9,6 +9,7 @@
 //! and a forked child makes only async-signal-safe calls before exec ([`spawn`]).
 
 pub mod backoff;
+pub mod channel;
 pub mod effects;
 pub mod output;
 pub mod parking;
@@ -200,7 +201,10 @@ struct Supervisor {
 
 impl Supervisor {
     fn new(options: Options, steering: Steering) -> Result<Self, SupervisorError> {
-        let notify = NotifySocket::bind().map_err(|source| SupervisorError::Os {
+        let runtime_dir = paths::runtime_dir();
+        paths::ensure_private_dir(&runtime_dir)?;
+        let notify_path = runtime_dir.join(format!("{}.notify", nix::unistd::getpid()));
+        let notify = NotifySocket::bind(&notify_path).map_err(|source| SupervisorError::Os {
             op: "binding the readiness socket (NOTIFY_SOCKET)",
             source,
         })?;
@@ -230,10 +234,7 @@ impl Supervisor {
         };
         let control_path = match &options.control {
             Some(path) => path.clone(),
-            None => {
-                paths::ensure_private_dir(&paths::runtime_dir())?;
-                paths::socket_of(nix::unistd::getpid())
-            }
+            None => paths::socket_of(nix::unistd::getpid()),
         };
         let control = ControlServer::bind(&control_path)?;
         let pool = Pool::new(config, options.slots, std::time::Instant::now());
@@ -355,7 +356,7 @@ impl Supervisor {
     fn control_request(&mut self, pending: Pending) {
         let now = std::time::Instant::now();
         info!(peer_pid = pending.peer_pid, request = ?pending.request, "control request");
-        match &pending.request {
+        match pending.request.clone() {
             Request::Status => {
                 let status = self.status();
                 pending.answer(Answer {
@@ -377,12 +378,43 @@ impl Supervisor {
                 pending.answer(Answer::ok());
                 self.pool.stop(&mut self.fx, now);
             }
-            Request::Scale { workers } => match self.pool.scale(&mut self.fx, *workers, now) {
+            Request::Scale { workers } => match self.pool.scale(&mut self.fx, workers, now) {
                 Ok(()) => pending.answer(Answer::ok()),
                 Err(err) => pending.answer(Answer::error(err.to_string())),
             },
-            Request::Broadcast { .. } | Request::Send { .. } => {
-                pending.answer(Answer::error("worker messages are not available yet"));
+            Request::Broadcast { message } => {
+                let pids: Vec<Pid> = self
+                    .pool
+                    .live_workers()
+                    .into_iter()
+                    .map(|(_, pid)| pid)
+                    .collect();
+                let delivered = self.fx.send_message(&pids, &message, true);
+                pending.answer(Answer {
+                    delivered: Some(delivered),
+                    ..Answer::ok()
+                });
+            }
+            Request::Send { slot, message } => {
+                let pids: Vec<Pid> = self
+                    .pool
+                    .live_workers()
+                    .into_iter()
+                    .filter(|(s, _)| *s == slot)
+                    .map(|(_, pid)| pid)
+                    .collect();
+                if pids.is_empty() {
+                    let last = self.pool.slot_count().saturating_sub(1);
+                    pending.answer(Answer::error(format!(
+                        "no worker in slot {slot} (the pool has slots 0 to {last})"
+                    )));
+                } else {
+                    let delivered = self.fx.send_message(&pids, &message, false);
+                    pending.answer(Answer {
+                        delivered: Some(delivered),
+                        ..Answer::ok()
+                    });
+                }
             }
         }
     }

@@ -43,6 +43,8 @@ pub trait Effects {
     fn slot_added(&mut self, slot: u32);
     /// `slot` leaves the sticky table (scaled away).
     fn slot_removed(&mut self, slot: u32);
+    /// Tells `pid` on its message channel that it drains.
+    fn tell_draining(&mut self, pid: Pid);
     /// Sends `signal` to `pid`'s process group.
     fn signal(&mut self, pid: Pid, signal: Signal);
     /// Whether `pid`'s socket has nothing queued and no connection open.
@@ -645,6 +647,16 @@ impl Pool {
         rows
     }
 
+    /// The workers starting or serving, with their slots: those that take messages.
+    #[must_use]
+    pub fn live_workers(&self) -> Vec<(u32, Pid)> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| matches!(w.state, State::Starting { .. } | State::Serving { .. }))
+            .map(|(&pid, w)| (w.slot, pid))
+            .collect()
+    }
+
     /// The pid serving `slot`, if any.
     #[must_use]
     pub fn serving(&self, slot: u32) -> Option<Pid> {
@@ -774,6 +786,7 @@ impl Pool {
             term_by: (!at_once).then(|| now + timeout / 2),
             kill_at: now + timeout,
         };
+        fx.tell_draining(pid);
         if at_once {
             fx.signal(pid, Signal::SIGTERM);
         }
@@ -921,6 +934,7 @@ mod tests {
         fn slot_removed(&mut self, slot: u32) {
             self.calls.push(Call::Removed(slot));
         }
+        fn tell_draining(&mut self, _pid: Pid) {}
         fn signal(&mut self, pid: Pid, signal: Signal) {
             self.calls.push(Call::Signal(pid, signal));
         }

@@ -25,8 +25,9 @@ use nix::{
 use crate::{handoff, notify::NOTIFY_SOCKET};
 
 /// Variables the supervisor sets for each worker; inherited values are dropped.
-const OWN_VARIABLES: [&str; 6] = [
+const OWN_VARIABLES: [&str; 7] = [
     handoff::LISTEN_FDS,
+    handoff::CHANNEL,
     handoff::LISTEN_PID,
     handoff::LISTEN_FDNAMES,
     handoff::WORKER_ID,
@@ -193,6 +194,8 @@ pub struct Handoff<'a> {
     pub notify_socket: &'a str,
     /// Its stdout and stderr; `None` leaves it the supervisor's own.
     pub output: Option<(BorrowedFd<'a>, BorrowedFd<'a>)>,
+    /// Its end of the message channel, as fd 4.
+    pub channel: Option<BorrowedFd<'a>>,
 }
 
 /// Starts `program` with what `handoff` gives it. Returns once the child has called execve
@@ -235,6 +238,7 @@ pub fn spawn(program: &WorkerProgram, handoff: &Handoff<'_>) -> Result<Pid, Spaw
                 output: handoff
                     .output
                     .map(|(out, err)| (out.as_raw_fd(), err.as_raw_fd())),
+                channel: handoff.channel.map(|fd| fd.as_raw_fd()),
                 status: status_write.as_raw_fd(),
                 parent: parent.as_raw(),
                 last_signal: libc::SIGRTMAX(),
@@ -281,6 +285,11 @@ fn worker_environment(plan: &Handoff<'_>) -> Result<Vec<CString>, SpawnError> {
     if plan.output.is_some() {
         env.push(c_string(format!("{}=1", handoff::OUTPUT_CAPTURED).into())?);
     }
+    if plan.channel.is_some() {
+        env.push(c_string(
+            format!("{}={}", handoff::CHANNEL, handoff::CHANNEL_FD).into(),
+        )?);
+    }
     Ok(env)
 }
 
@@ -318,6 +327,8 @@ struct ChildPlan {
     devnull: RawFd,
     /// stdout and stderr; `None` keeps the inherited ones.
     output: Option<(RawFd, RawFd)>,
+    /// The message channel, for fd 4.
+    channel: Option<RawFd>,
     status: RawFd,
     parent: libc::pid_t,
     /// The highest signal number, to reset every disposition.
@@ -383,10 +394,13 @@ unsafe fn exec_child(plan: &ChildPlan) -> ! {
         let output = plan
             .output
             .map(|(stdout, stderr)| (high(stdout), high(stderr)));
+        let channel = plan.channel.map(high);
         if status < 0 || listener < 0 || devnull < 0 {
             fail(if status < 0 { plan.status } else { status });
         }
-        if output.is_some_and(|(stdout, stderr)| stdout < 0 || stderr < 0) {
+        if output.is_some_and(|(stdout, stderr)| stdout < 0 || stderr < 0)
+            || channel.is_some_and(|fd| fd < 0)
+        {
             fail(status);
         }
         // dup2 leaves the new fd without close-on-exec: these survive exec.
@@ -398,11 +412,26 @@ unsafe fn exec_child(plan: &ChildPlan) -> ! {
         {
             fail(status);
         }
+        if let Some(channel) = channel
+            && libc::dup2(channel, handoff::CHANNEL_FD) < 0
+        {
+            fail(status);
+        }
         // Nothing beyond the hand-off: every other descriptor the supervisor has, its own and any
         // its parent left open without close-on-exec, closes at exec. (Close-on-exec rather than
         // closed now: the status pipe must stay open until exec succeeds. Linux 5.11+; on older
         // kernels the call fails and nothing changes.)
-        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
+        let first_closed = if channel.is_some() {
+            handoff::CHANNEL_FD + 1
+        } else {
+            handoff::CHANNEL_FD
+        };
+        libc::syscall(
+            libc::SYS_close_range,
+            first_closed.cast_unsigned(),
+            u32::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        );
 
         let len = write_pid_entry(plan.pid_entry, libc::getpid());
         *plan.pid_entry.add(len) = 0;

@@ -1,5 +1,6 @@
 //! The demo worker's HTTP answers: `GET /` names the process that handled it, `GET /work` first
-//! burns CPU like the seeds' `for (i = 0; i < 1e7; i++)`, anything else is 404.
+//! burns CPU like the seeds' `for (i = 0; i < 1e7; i++)`, `GET /message` returns the last
+//! message the supervisor sent (`cluster broadcast`, `cluster send`), anything else is 404.
 
 use std::hint::black_box;
 
@@ -22,7 +23,11 @@ pub struct Identity {
 
 /// Answers one request. The CPU loop of `/work` runs on the worker's only thread, as a
 /// single-threaded Node process would: a busy worker accepts nothing meanwhile.
-pub fn respond<B>(request: &Request<B>, identity: Identity) -> Response<Full<Bytes>> {
+pub fn respond<B>(
+    request: &Request<B>,
+    identity: Identity,
+    last_message: Option<&str>,
+) -> Response<Full<Bytes>> {
     let method = request.method();
     if method != Method::GET && method != Method::HEAD {
         return plain(
@@ -38,6 +43,19 @@ pub fn respond<B>(request: &Request<B>, identity: Identity) -> Response<Full<Byt
                 handled(identity)
             }
             Err(reason) => plain(StatusCode::BAD_REQUEST, &format!("{reason}\n")),
+        },
+        "/message" => match last_message {
+            Some(json) => {
+                let mut response = plain(StatusCode::OK, &format!("{json}\n"));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+                    .headers_mut()
+                    .insert("x-worker-pid", HeaderValue::from(identity.pid));
+                response
+            }
+            None => plain(StatusCode::NOT_FOUND, "no message yet\n"),
         },
         _ => plain(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -101,7 +119,7 @@ mod tests {
     const ME: Identity = Identity { pid: 42, slot: 3 };
 
     fn get(uri: &str) -> Response<Full<Bytes>> {
-        respond(&Request::get(uri).body(()).unwrap(), ME)
+        respond(&Request::get(uri).body(()).unwrap(), ME, None)
     }
 
     fn body(response: Response<Full<Bytes>>) -> String {
@@ -151,8 +169,20 @@ mod tests {
     #[test]
     fn unknown_paths_and_methods() {
         assert_eq!(get("/nope").status(), StatusCode::NOT_FOUND);
-        let post = respond(&Request::post("/").body(()).unwrap(), ME);
+        let post = respond(&Request::post("/").body(()).unwrap(), ME, None);
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn message_returns_the_last_one() {
+        assert_eq!(get("/message").status(), StatusCode::NOT_FOUND);
+        let response = respond(
+            &Request::get("/message").body(()).unwrap(),
+            ME,
+            Some("{\"users\":3}"),
+        );
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body(response), "{\"users\":3}\n");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! keep-alive connections at once (hyper-util's graceful shutdown) races with a request the
 //! client is sending on one, and loses it (nginx/nginx#437).
 
+pub mod channel;
 mod http;
 mod listen_fds;
 
@@ -30,7 +31,8 @@ use tracing::{debug, info, warn};
 use crate::{handoff, notify};
 
 use self::http::Identity;
-pub use self::listen_fds::ListenFdsError;
+pub use self::listen_fds::{ListenFdsError, take_listener as listener};
+pub use crate::notify::notify_ready as ready;
 
 /// How often the accept queue is checked without a wake-up: connections migrated from a closing
 /// socket arrive with no `sk_data_ready()`, so epoll never reports them
@@ -84,6 +86,8 @@ async fn serve(listener: StdListener, identity: Identity) -> Result<(), WorkerEr
     let mut poll = interval(MIGRATED_POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (draining, drain_watch) = watch::channel(false);
+    let (last_message, message_watch) = watch::channel(None::<String>);
+    let mut channel = channel::Channel::take().map_err(io_error("opening the message channel"))?;
     let mut connections = JoinSet::new();
     // The socket is registered and the loop below is about to accept: tell the supervisor.
     if let Err(err) = notify::notify_ready() {
@@ -96,21 +100,35 @@ async fn serve(listener: StdListener, identity: Identity) -> Result<(), WorkerEr
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve_connection(stream, identity, &drain_watch, &mut connections),
+                Ok((stream, _)) => serve_connection(stream, identity, &drain_watch, &message_watch, &mut connections),
                 Err(err) => accept_failed(&err).await,
             },
             _ = poll.tick() => {
                 while let Some(stream) = accept_without_wakeup(&listener) {
-                    serve_connection(stream, identity, &drain_watch, &mut connections);
+                    serve_connection(stream, identity, &drain_watch, &message_watch, &mut connections);
                 }
             }
             Some(_) = connections.join_next() => {}
+            incoming = next_message(channel.as_mut()) => match incoming {
+                Some(channel::Incoming::Drain) => break,
+                Some(channel::Incoming::Message(message)) => {
+                    let _ = last_message.send(Some(message.to_string()));
+                }
+                // The supervisor closed the channel: read it no more.
+                None => channel = None,
+            }
         }
     }
     // Take what is queued, then close the socket: what the kernel still holds for it then
     // moves to the serving workers (with the migrate-capable program), instead of being reset.
     while let Some(stream) = accept_without_wakeup(&listener) {
-        serve_connection(stream, identity, &drain_watch, &mut connections);
+        serve_connection(
+            stream,
+            identity,
+            &drain_watch,
+            &message_watch,
+            &mut connections,
+        );
     }
     drop(listener);
     let _ = draining.send(true);
@@ -131,13 +149,16 @@ fn serve_connection(
     stream: TcpStream,
     identity: Identity,
     drain_watch: &watch::Receiver<bool>,
+    message_watch: &watch::Receiver<Option<String>>,
     connections: &mut JoinSet<()>,
 ) {
     let draining = drain_watch.clone();
+    let last_message = message_watch.clone();
     let service = service_fn(move |request| {
         let closing = *draining.borrow();
+        let message = last_message.borrow().clone();
         async move {
-            let mut response = http::respond(&request, identity);
+            let mut response = http::respond(&request, identity, message.as_deref());
             if closing {
                 response
                     .headers_mut()
@@ -168,6 +189,15 @@ fn serve_connection(
             debug!(error = %err, "connection ended with an error");
         }
     });
+}
+
+/// The next message from the supervisor; never, without a channel. A read error counts as
+/// the channel closing.
+async fn next_message(channel: Option<&mut channel::Channel>) -> Option<channel::Incoming> {
+    match channel {
+        Some(channel) => channel.recv().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
 }
 
 /// Returns once the worker drains (at once if it already does).

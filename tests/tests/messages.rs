@@ -1,0 +1,108 @@
+//! Supervisor↔worker messages: `cluster broadcast` reaches every worker and `cluster send` one
+//! (each seen through the demo worker's `GET /message`), a worker started later gets the last
+//! broadcast, and what a worker writes on fd 4 is logged as a `worker message`.
+
+use std::{
+    collections::BTreeMap,
+    thread,
+    time::{Duration, Instant},
+};
+
+use cluster_tests::{Cluster, PYTHON_SERVER, cluster_run, get, require_root};
+
+/// What `GET /message` says, by worker pid, once every one of `workers` pids has answered.
+fn messages_by_pid(cluster: &Cluster, workers: usize) -> BTreeMap<i32, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = BTreeMap::new();
+    while seen.len() < workers {
+        assert!(
+            Instant::now() < deadline,
+            "only {seen:?} answered\n{}",
+            cluster.log()
+        );
+        let reply = get(cluster.addr(), "/message", None).expect("GET /message");
+        let body = if reply.status == 200 {
+            reply.body.trim().to_owned()
+        } else {
+            String::new()
+        };
+        seen.insert(reply.pid.expect("x-worker-pid"), body);
+    }
+    seen
+}
+
+#[test]
+fn broadcast_reaches_every_worker_and_send_reaches_one() {
+    require_root();
+    let cluster = Cluster::start(&["--workers", "3"]);
+    let out = cluster.control(&["broadcast", r#"{"users":42}"#]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout.trim(), "delivered to 3 worker(s)");
+    // The message travels asynchronously: wait until every worker has it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = messages_by_pid(&cluster, 3);
+        if seen.values().all(|m| m == r#"{"users":42}"#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    let out = cluster.control(&["send", "1", r#""hello""#]);
+    assert_eq!(out.stdout.trim(), "delivered to 1 worker(s)", "{out:?}");
+    let slot1 = cluster.serving_pids()[&1];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = messages_by_pid(&cluster, 3);
+        let hello: Vec<i32> = seen
+            .iter()
+            .filter(|(_, m)| *m == r#""hello""#)
+            .map(|(p, _)| *p)
+            .collect();
+        if !hello.is_empty() {
+            assert_eq!(hello, [i32::try_from(slot1).unwrap()], "{seen:?}");
+            assert_eq!(
+                seen.values().filter(|m| *m == r#"{"users":42}"#).count(),
+                2,
+                "{seen:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // Workers started later get the last broadcast too.
+    let out = cluster.control(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = messages_by_pid(&cluster, 3);
+        if seen.values().all(|m| m == r#"{"users":42}"#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = cluster.control(&["send", "7", "1"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("no worker in slot 7"), "{out:?}");
+}
+
+#[test]
+fn what_a_worker_writes_on_its_channel_is_logged() {
+    require_root();
+    let script = r#"printf '{"hi":1}\nnot json\n' >&4; exec python3 -c "$0""#;
+    let mut command = cluster_run(&["--workers", "1"]);
+    command.args(["--", "sh", "-c", script, PYTHON_SERVER]);
+    let cluster = Cluster::start_command(command);
+    let logged = cluster.wait_for_log(Duration::from_secs(30), |log| {
+        let message = log
+            .lines()
+            .find(|l| l.contains("worker message") && l.contains(r#"json={"hi":1}"#));
+        let skipped = log.lines().any(|l| l.contains("not JSON"));
+        (message.is_some() && skipped).then_some(())
+    });
+    assert!(logged.is_some(), "{}", cluster.log());
+}
