@@ -104,6 +104,35 @@ pub struct SendArgs {
     pub target: Target,
 }
 
+/// Parses a size: bytes, or a number with `K`, `M`, `G` (powers of 1024; `KiB`, `MB` and the
+/// like are read the same way).
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let trimmed = value.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a size such as 512M or 2G, got {value:?}"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches(['B', 'I'])
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("unknown size unit in {value:?}: use K, M or G")),
+    };
+    match number.checked_mul(1 << shift) {
+        Some(0) | None => Err(format!("{value:?} is not a usable memory limit")),
+        Some(bytes) => Ok(bytes),
+    }
+}
+
 /// Parses a message argument as JSON.
 fn parse_json(value: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(value)
@@ -166,6 +195,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ready_timeout: u64,
+
+    /// Replace a worker whose resident memory stays above SIZE (two checks in a row, 5 s
+    /// apart) by the rolling-reload path: `512M`, `2G`, or bytes.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
 
     /// Path of the control socket that `cluster status`, `reload`, `stop` and the other
     /// subcommands talk to. Default: `PID.sock` in `$XDG_RUNTIME_DIR/cluster`, or in
@@ -381,6 +415,18 @@ mod tests {
             Command::Run(run) => run,
             other => panic!("parsed as {other:?}"),
         })
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("1mb"), Ok(1 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "M", "12Q", "0", "-5M", "99999999999999999G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

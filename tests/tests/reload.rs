@@ -153,3 +153,23 @@ fn a_reload_asked_for_during_a_reload_is_refused() {
     assert!(log.contains("a reload is already running"), "{log}");
     assert_eq!(log.matches("reload finished").count(), 1, "{log}");
 }
+
+#[test]
+fn a_worker_above_max_memory_is_replaced_without_loss() {
+    require_root();
+    // The demo worker's resident memory is several MiB, so 1 MiB is always exceeded.
+    let cluster = Cluster::start(&["--workers", "2", "--max-memory", "1M"]);
+    let before = cluster.serving_pids();
+    let load = Load::start(cluster.addr(), "/", 2, Reuse::NewConnection);
+    let replaced = cluster.wait_for_log(RELOAD_TIMEOUT, |log| {
+        log.contains("replacing the old one").then_some(())
+    });
+    assert!(replaced.is_some(), "{}", cluster.log());
+    let tally = load.stop();
+    let after = cluster.serving_pids();
+    let (status, log) = cluster.stop();
+    assert!(log.contains("stays above --max-memory"), "{log}");
+    assert_ne!(before, after, "{log}");
+    assert_eq!(tally.failed, 0, "{:?}\n{log}", tally.failures);
+    assert!(status.success(), "{status}\n{log}");
+}

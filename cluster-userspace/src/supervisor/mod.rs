@@ -11,6 +11,7 @@
 pub mod backoff;
 pub mod channel;
 pub mod effects;
+pub mod memory;
 pub mod output;
 pub mod parking;
 pub mod pool;
@@ -96,6 +97,8 @@ pub struct Options {
     pub bpf_stats: bool,
     /// The control socket's path (`--control`); `None` for the default one.
     pub control: Option<PathBuf>,
+    /// `--max-memory`, in bytes.
+    pub max_memory: Option<u64>,
 }
 
 /// How the pool ended, when it was asked to stop.
@@ -168,6 +171,7 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
         capture_output: !args.log_passthrough,
         bpf_stats: args.bpf_stats,
         control: args.control,
+        max_memory: args.max_memory,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -195,6 +199,8 @@ struct Supervisor {
     control: ControlServer,
     /// Control requests waiting for the running reload to end.
     reload_waiters: Vec<Pending>,
+    /// `--max-memory`.
+    memory: Option<memory::MemoryLimit>,
     /// Keeps the kernel's BPF run-time stats on while the supervisor runs (`--bpf-stats`).
     run_stats: Option<std::os::fd::OwnedFd>,
 }
@@ -239,6 +245,7 @@ impl Supervisor {
         let control = ControlServer::bind(&control_path)?;
         let pool = Pool::new(config, options.slots, std::time::Instant::now());
         Ok(Self {
+            memory: options.max_memory.map(memory::MemoryLimit::new),
             options,
             pool,
             fx,
@@ -256,6 +263,8 @@ impl Supervisor {
             failure = Some(err);
         }
         let mut signals_ok = true;
+        let mut memory_checks = tokio::time::interval(memory::CHECK_EVERY);
+        memory_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = std::time::Instant::now();
             self.pool.tick(&mut self.fx, now);
@@ -286,6 +295,7 @@ impl Supervisor {
                     Err(err) => warn!(error = %err, "readiness notification dropped"),
                 },
                 pending = self.control.recv() => self.control_request(pending),
+                _ = memory_checks.tick(), if self.memory.is_some() => self.check_memory(),
                 () = sleep_until(next.map_or_else(Instant::now, Instant::from_std)), if next.is_some() => {}
             }
             self.answer_reload_waiters();
@@ -415,6 +425,39 @@ impl Supervisor {
                         ..Answer::ok()
                     });
                 }
+            }
+        }
+    }
+
+    /// Replaces a serving worker whose resident memory stayed above `--max-memory`, by the
+    /// reload path (one at a time; the others wait for the next check).
+    fn check_memory(&mut self) {
+        let Some(limit) = &mut self.memory else {
+            return;
+        };
+        let serving: Vec<(u32, Pid, u64)> = (0..self.pool.slot_count())
+            .filter_map(|slot| {
+                let pid = self.pool.serving(slot)?;
+                Some((slot, pid, status::resident_bytes(pid)?))
+            })
+            .collect();
+        let max = limit.limit();
+        for (slot, pid, rss) in limit.check(&serving) {
+            if self.pool.reloading() || self.pool.stopping() {
+                return;
+            }
+            warn!(
+                slot,
+                pid = pid.as_raw(),
+                rss_bytes = rss,
+                max_memory = max,
+                "worker stays above --max-memory; replacing it"
+            );
+            if let Err(err) = self
+                .pool
+                .reload(&mut self.fx, Some(slot), std::time::Instant::now())
+            {
+                warn!(slot, error = %err, "could not replace the worker");
             }
         }
     }
