@@ -13,8 +13,8 @@ use std::{
 };
 
 use cluster_tests::{
-    Captured, Cluster, PYTHON_SERVER, as_nobody, cluster_command, cluster_run, field, get,
-    ready_line, require_root, run_captured, tally,
+    Captured, Cluster, PYTHON_SERVER, SharedBinary, as_nobody, cluster_command, cluster_run, field,
+    get, ready_line, require_root, run_captured, tally,
 };
 
 /// The control socket's path, from the `ready` line.
@@ -196,8 +196,9 @@ fn the_control_socket_is_private() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&path), 0o600, "{}", path.display());
     assert_eq!(mode(path.parent().unwrap()), 0o700, "{}", path.display());
-    // Another user cannot reach it.
-    let mut command = cluster_command(&["status", "--control", path.to_str().unwrap()]);
+    // Another user cannot reach it. (Run from a copy: the checkout may be closed to `nobody`.)
+    let shared = SharedBinary::new();
+    let mut command = shared.command(&["status", "--control", path.to_str().unwrap()]);
     as_nobody(&mut command);
     assert_fails_with(&run_captured(command), "permission denied");
 
@@ -212,7 +213,7 @@ fn the_control_socket_is_private() {
         open_path.to_str().unwrap(),
     ]));
     std::fs::set_permissions(&open_path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let mut command = cluster_command(&["status", "--control", open_path.to_str().unwrap()]);
+    let mut command = shared.command(&["status", "--control", open_path.to_str().unwrap()]);
     as_nobody(&mut command);
     assert_fails_with(&run_captured(command), "refused: uid 65534");
     assert_eq!(get(open.addr(), "/", None).unwrap().status, 200);
