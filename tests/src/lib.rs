@@ -151,6 +151,54 @@ while True:
     conn.close()
 "#;
 
+/// A COMMAND worker (PYTHON_SERVER) whose next starts fail once [`BreakableServer::break_it`]
+/// was called, like a bad build deployed before a reload. The marker file is removed on drop.
+#[derive(Debug)]
+pub struct BreakableServer {
+    marker: PathBuf,
+}
+
+impl BreakableServer {
+    #[must_use]
+    pub fn new() -> Self {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let marker =
+            std::env::temp_dir().join(format!("cluster-broken-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        Self { marker }
+    }
+
+    /// `cluster run` with `workers` workers of this server.
+    #[must_use]
+    pub fn cluster_run(&self, workers: u32) -> Command {
+        let script = format!(
+            "if [ -e '{}' ]; then echo 'broken build' >&2; exit 3; fi; exec python3 -c \"$0\"",
+            self.marker.display()
+        );
+        let mut command = cluster_run(&["--workers", &workers.to_string()]);
+        command.args(["--", "sh", "-c", &script, PYTHON_SERVER]);
+        command
+    }
+
+    /// From now on, a new worker exits at once with status 3.
+    pub fn break_it(&self) {
+        std::fs::write(&self.marker, b"").expect("create the marker");
+    }
+}
+
+impl Default for BreakableServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BreakableServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.marker);
+    }
+}
+
 /// Fails the test unless it runs as root: loading the program needs CAP_BPF and CAP_PERFMON.
 pub fn require_root() {
     assert!(

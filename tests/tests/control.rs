@@ -13,8 +13,8 @@ use std::{
 };
 
 use cluster_tests::{
-    Captured, Cluster, PYTHON_SERVER, SharedBinary, as_nobody, cluster_command, cluster_run, field,
-    get, ready_line, require_root, run_captured, tally,
+    BreakableServer, Captured, Cluster, SharedBinary, as_nobody, cluster_command, cluster_run,
+    field, get, ready_line, require_root, run_captured, tally,
 };
 
 /// The control socket's path, from the `ready` line.
@@ -160,15 +160,8 @@ fn wait_until(mut ready: impl FnMut() -> bool, what: &str) {
 #[test]
 fn a_reload_that_fails_exits_non_zero_and_a_second_reload_is_refused() {
     require_root();
-    let marker = std::env::temp_dir().join(format!("cluster-ctl-fails-{}", std::process::id()));
-    let _ = std::fs::remove_file(&marker);
-    let script = format!(
-        "if [ -e '{}' ]; then exit 3; fi; exec python3 -c \"$0\"",
-        marker.display()
-    );
-    let mut command = cluster_run(&["--workers", "2"]);
-    command.args(["--", "sh", "-c", &script, PYTHON_SERVER]);
-    let cluster = Cluster::start_command(command);
+    let server = BreakableServer::new();
+    let cluster = Cluster::start_command(server.cluster_run(2));
 
     // A COMMAND replacement must run 1 s before it takes over, so this reload lasts 2 s.
     let pid = cluster.pid().to_string();
@@ -180,9 +173,8 @@ fn a_reload_that_fails_exits_non_zero_and_a_second_reload_is_refused() {
     assert!(first.status.success(), "{first:?}\n{}", cluster.log());
 
     let before = cluster.serving_pids();
-    std::fs::write(&marker, b"").unwrap();
+    server.break_it();
     let failed = cluster.control(&["reload"]);
-    let _ = std::fs::remove_file(&marker);
     assert_fails_with(&failed, "reload failed");
     assert!(failed.stderr.contains("slot 0"), "{failed:?}");
     assert_eq!(cluster.serving_pids(), before, "the old workers serve on");

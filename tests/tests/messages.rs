@@ -31,60 +31,52 @@ fn messages_by_pid(cluster: &Cluster, workers: usize) -> BTreeMap<i32, String> {
     seen
 }
 
+/// Polls `GET /message` on all `workers` until `done` holds for what they say (30 s at most);
+/// returns that.
+fn wait_for_messages(
+    cluster: &Cluster,
+    workers: usize,
+    done: impl Fn(&BTreeMap<i32, String>) -> bool,
+) -> BTreeMap<i32, String> {
+    // Messages travel asynchronously.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = messages_by_pid(cluster, workers);
+        if done(&seen) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}\n{}", cluster.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const USERS: &str = r#"{"users":42}"#;
+
 #[test]
 fn broadcast_reaches_every_worker_and_send_reaches_one() {
     require_root();
     let cluster = Cluster::start(&["--workers", "3"]);
-    let out = cluster.control(&["broadcast", r#"{"users":42}"#]);
+    let out = cluster.control(&["broadcast", USERS]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout.trim(), "delivered to 3 worker(s)");
-    // The message travels asynchronously: wait until every worker has it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen = messages_by_pid(&cluster, 3);
-        if seen.values().all(|m| m == r#"{"users":42}"#) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{seen:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_messages(&cluster, 3, |seen| seen.values().all(|m| m == USERS));
 
     let out = cluster.control(&["send", "1", r#""hello""#]);
     assert_eq!(out.stdout.trim(), "delivered to 1 worker(s)", "{out:?}");
-    let slot1 = cluster.serving_pids()[&1];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen = messages_by_pid(&cluster, 3);
-        let hello: Vec<i32> = seen
-            .iter()
-            .filter(|(_, m)| *m == r#""hello""#)
-            .map(|(p, _)| *p)
-            .collect();
-        if !hello.is_empty() {
-            assert_eq!(hello, [i32::try_from(slot1).unwrap()], "{seen:?}");
-            assert_eq!(
-                seen.values().filter(|m| *m == r#"{"users":42}"#).count(),
-                2,
-                "{seen:?}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "{seen:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
+    let slot1 = i32::try_from(cluster.serving_pids()[&1]).unwrap();
+    let seen = wait_for_messages(&cluster, 3, |seen| seen.values().any(|m| m == r#""hello""#));
+    let hello: Vec<i32> = seen
+        .iter()
+        .filter(|(_, m)| *m == r#""hello""#)
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(hello, [slot1], "{seen:?}");
+    assert_eq!(seen.values().filter(|m| *m == USERS).count(), 2, "{seen:?}");
 
     // Workers started later get the last broadcast too.
     let out = cluster.control(&["reload"]);
     assert!(out.status.success(), "{out:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen = messages_by_pid(&cluster, 3);
-        if seen.values().all(|m| m == r#"{"users":42}"#) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{seen:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_messages(&cluster, 3, |seen| seen.values().all(|m| m == USERS));
     let out = cluster.control(&["send", "7", "1"]);
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("no worker in slot 7"), "{out:?}");

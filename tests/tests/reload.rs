@@ -7,7 +7,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use cluster_tests::{
-    Cluster, PYTHON_SERVER, assert_no_fallback, cluster_run,
+    BreakableServer, Cluster, PYTHON_SERVER, assert_no_fallback, cluster_run,
     load::{Load, Reuse, Tally},
     require_root,
 };
@@ -113,24 +113,16 @@ fn reloads_of_a_command_that_exits_at_once_on_sigterm_lose_nothing() {
 #[test]
 fn a_replacement_that_fails_stops_the_reload_and_the_old_workers_serve_on() {
     require_root();
-    let marker = std::env::temp_dir().join(format!("cluster-reload-fails-{}", std::process::id()));
-    let _ = std::fs::remove_file(&marker);
-    let script = format!(
-        "if [ -e '{}' ]; then echo 'broken build' >&2; exit 3; fi; exec python3 -c \"$0\"",
-        marker.display()
-    );
-    let mut command = cluster_run(&["--workers", "2"]);
-    command.args(["--", "sh", "-c", &script, PYTHON_SERVER]);
-    let cluster = Cluster::start_command(command);
+    let server = BreakableServer::new();
+    let cluster = Cluster::start_command(server.cluster_run(2));
     let before = answering_pids(&cluster);
-    std::fs::write(&marker, b"").expect("create the marker");
+    server.break_it();
     kill(cluster.pid(), Signal::SIGHUP).expect("signal the supervisor");
     let failed = cluster.wait_for_log(RELOAD_TIMEOUT, |log| {
         log.lines()
             .find(|l| l.contains("reload failed"))
             .map(str::to_owned)
     });
-    let _ = std::fs::remove_file(&marker);
     let failed = failed.unwrap_or_else(|| panic!("no failed reload\n{}", cluster.log()));
     assert!(failed.contains("slot 0"), "{failed}");
     assert_eq!(answering_pids(&cluster), before, "the old workers serve on");
