@@ -977,6 +977,22 @@ impl NetNs {
         assert_eq!(read.trim(), value, "{path} in the test namespace");
     }
 
+    /// Runs `test` on a thread inside a new namespace (threads it starts are inside too).
+    pub fn isolated(test: impl FnOnce(&Self) + Send) {
+        let ns = Self::new();
+        ns.run(|| test(&ns));
+    }
+
+    /// Starts `cluster run --listen 127.0.0.1:8080 ARGS` in the namespace, where no other pool
+    /// can share the port, and waits for `ready`.
+    #[must_use]
+    pub fn start_cluster(&self, args: &[&str]) -> Cluster {
+        let mut command = cluster_command(&["run", "--listen", "127.0.0.1:8080"]);
+        command.args(args);
+        self.enter(&mut command);
+        Cluster::start_command(command)
+    }
+
     /// Makes `command` start inside the namespace.
     pub fn enter<'a>(&self, command: &'a mut Command) -> &'a mut Command {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.fd);

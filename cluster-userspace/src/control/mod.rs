@@ -5,8 +5,10 @@
 //! - [`protocol`]: the requests and answers.
 //! - [`paths`]: where the socket lives, and finding a running supervisor's.
 //! - [`server`]: the supervisor's side.
+//! - [`address_lock`]: one pool per address.
 //! - [`client`]: the subcommands' side.
 
+pub mod address_lock;
 pub mod client;
 pub mod paths;
 pub mod protocol;

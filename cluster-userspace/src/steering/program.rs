@@ -317,10 +317,12 @@ impl SteeringProgram {
     /// (`bpf_sk_reuseport_detach`); clearing it again is harmless. Never called for a worker
     /// that was replaced: its socket is no longer the slot's.
     pub fn remove(&mut self, slot: u32) -> Result<(), ProgramError> {
-        let _already_empty = self.sockets.clear_index(&slot);
+        // The live table first: a connection steered in between still finds the socket, instead
+        // of an empty slot it would have to probe past.
         if self.live.remove(slot) {
             self.write_live()?;
         }
+        let _already_empty = self.sockets.clear_index(&slot);
         self.slot_socket
             .set(slot, MAX_SOCKETS, 0)
             .map_err(|e| other("writing SLOT_SOCKET", &e))

@@ -43,7 +43,9 @@ use self::{
 use crate::{
     cli::{RunArgs, SteeringMode},
     control::{
-        ControlError, paths,
+        ControlError,
+        address_lock::{AddressLock, LockError},
+        paths,
         protocol::{Answer, Request},
         server::{ControlServer, Pending},
     },
@@ -66,6 +68,8 @@ pub enum SupervisorError {
     Parking(#[from] ParkingError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    AddressLock(#[from] LockError),
     #[error("{op} failed: {source}")]
     Os {
         op: &'static str,
@@ -155,7 +159,7 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
         source,
     })?;
     let slots = args.workers.resolve(cpus::usable());
-    let addr = listener::reserve(listener::resolve(&args.listen)?)?;
+    let (addr, address_lock) = reserve_alone(listener::resolve(&args.listen)?)?;
     let steering = Steering::new(args.steering, slots, args.sticky_prefix)?;
     let options = Options {
         addr,
@@ -186,8 +190,26 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
             op: "setting up signal handling (signalfd)",
             source,
         })?;
-        Supervisor::new(options, steering)?.run(signals).await
+        let supervisor = Supervisor::new(options, steering)?;
+        let stopped = supervisor.run(signals).await;
+        drop(address_lock);
+        stopped
     })
+}
+
+/// Reserves `requested` ([`listener::reserve`]) and takes its [`AddressLock`], so that no other
+/// pool joins this one's reuseport group. With port 0, a port another pool just took is given
+/// up for a new one.
+fn reserve_alone(requested: SocketAddr) -> Result<(SocketAddr, AddressLock), SupervisorError> {
+    let mut tries = 8;
+    loop {
+        let addr = listener::reserve(requested)?;
+        match AddressLock::take(addr) {
+            Ok(lock) => return Ok((addr, lock)),
+            Err(LockError::Taken { .. }) if requested.port() == 0 && tries > 1 => tries -= 1,
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// The event loop's state: the pool's decisions, their effects, and the inputs.
