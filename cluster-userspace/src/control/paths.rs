@@ -29,7 +29,9 @@ pub fn socket_of(pid: Pid) -> PathBuf {
     runtime_dir().join(format!("{pid}.sock"))
 }
 
-/// Creates `dir` (mode 0700) if it is missing.
+/// Creates `dir` (mode 0700) if it is missing, and checks that it is a real directory of this
+/// user that no one else can enter: another user could otherwise pre-create it (in /tmp) and
+/// replace the sockets in it.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), ControlError> {
     match fs::DirBuilder::new()
         .recursive(true)
@@ -45,11 +47,32 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), ControlError> {
             });
         }
     }
-    let mode = fs::metadata(dir)
-        .map(|m| m.permissions().mode() & 0o777)
-        .unwrap_or(0);
-    if mode & 0o077 != 0 {
-        tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "the control socket's directory is open to other users; the socket itself has mode 0600");
+    let meta = fs::symlink_metadata(dir).map_err(|source| ControlError::Io {
+        op: "checking the directory",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let unsafe_dir = |reason: &str| ControlError::Io {
+        op: "checking the directory",
+        path: dir.to_owned(),
+        source: std::io::Error::other(format!(
+            "{reason}; remove it, or set XDG_RUNTIME_DIR to a directory of your own"
+        )),
+    };
+    if !meta.is_dir() {
+        return Err(unsafe_dir("it is not a directory (a symlink?)"));
+    }
+    if std::os::unix::fs::MetadataExt::uid(&meta) != Uid::effective().as_raw() {
+        return Err(unsafe_dir("it belongs to another user"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+            ControlError::Io {
+                op: "making the directory private (chmod 0700)",
+                path: dir.to_owned(),
+                source,
+            }
+        })?;
     }
     Ok(())
 }
@@ -127,6 +150,27 @@ mod tests {
         assert_eq!(running(&dir).len(), 2, "pid 1 is alive");
         fs::remove_dir_all(&dir).unwrap();
         assert!(running(&dir).is_empty());
+    }
+
+    #[test]
+    fn the_private_directory_is_made_private_and_a_symlink_is_refused() {
+        let base =
+            std::env::temp_dir().join(format!("cluster-private-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        ensure_private_dir(&open).unwrap();
+        assert_eq!(
+            fs::metadata(&open).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        let err = ensure_private_dir(&link).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

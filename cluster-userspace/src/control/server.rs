@@ -56,7 +56,16 @@ impl ControlServer {
     /// Listens on `path` with mode 0600. A socket file left by a supervisor that died is
     /// replaced; one that a live supervisor listens on is an error.
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
-        if path.exists() {
+        if let Ok(meta) = fs::symlink_metadata(path) {
+            if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+                return Err(ControlError::Io {
+                    op: "using the control socket path",
+                    path: path.to_owned(),
+                    source: io::Error::other(
+                        "a file that is not a socket is there; choose another --control PATH",
+                    ),
+                });
+            }
             match std::os::unix::net::UnixStream::connect(path) {
                 Ok(_) => {
                     return Err(ControlError::InUse {

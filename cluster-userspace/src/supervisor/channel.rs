@@ -75,6 +75,24 @@ pub fn custom(message: &serde_json::Value) -> String {
     serde_json::json!({ "type": "message", "message": message }).to_string()
 }
 
+/// Discards the rest of a line without holding it: buffer by buffer up to the newline. Returns
+/// false at the end of the stream or on an error.
+async fn skip_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> bool {
+    loop {
+        let (found, used) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => return false,
+            Ok(buffer) => match buffer.iter().position(|&b| b == b'\n') {
+                Some(at) => (true, at + 1),
+                None => (false, buffer.len()),
+            },
+        };
+        reader.consume(used);
+        if found {
+            return true;
+        }
+    }
+}
+
 /// Logs each line the worker writes, until it closes its end.
 async fn read_messages(read: tokio::net::unix::OwnedReadHalf, slot: u32, pid: Pid) {
     let mut reader = BufReader::new(read);
@@ -91,8 +109,7 @@ async fn read_messages(read: tokio::net::unix::OwnedReadHalf, slot: u32, pid: Pi
                 pid = pid.as_raw(),
                 "worker message longer than 64 KiB; skipped"
             );
-            let mut rest = Vec::new();
-            if reader.read_until(b'\n', &mut rest).await.unwrap_or(0) == 0 {
+            if !skip_line(&mut reader).await {
                 return;
             }
             continue;

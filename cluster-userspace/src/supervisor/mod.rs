@@ -290,6 +290,8 @@ impl Supervisor {
         loop {
             let now = std::time::Instant::now();
             self.pool.tick(&mut self.fx, now);
+            // A reload may end inside `tick` (a COMMAND replacement's minimum uptime).
+            self.answer_reload_waiters();
             if self.pool.finished(now) {
                 break;
             }
@@ -397,6 +399,8 @@ impl Supervisor {
                 });
             }
             Request::Reload | Request::Drain { .. } => {
+                // Outcomes of earlier reloads belong to their own requesters, never to this one.
+                self.answer_reload_waiters();
                 let slot = match pending.request {
                     Request::Drain { slot } => Some(slot),
                     _ => None,

@@ -591,7 +591,15 @@ impl Pool {
             return;
         }
         let deadline = now + self.config.shutdown_timeout;
-        self.shutdown = Some(Shutdown { give_up_at: None });
+        // A worker killed at its drain timeout before the stop may never be reaped: give up on
+        // it once every other worker had its chance.
+        let killed_before = self
+            .workers
+            .values()
+            .any(|w| matches!(w.state, State::Killed));
+        self.shutdown = Some(Shutdown {
+            give_up_at: killed_before.then(|| deadline + REAP_AFTER_KILL),
+        });
         if let Some(mut reload) = self.reload.take() {
             reload
                 .failure
@@ -1359,6 +1367,23 @@ mod tests {
             t0,
         );
         assert!(pool.finished(t0));
+    }
+
+    #[test]
+    fn a_stop_gives_up_on_a_worker_killed_before_it_that_cannot_be_reaped() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = serving_pool(1, t0);
+        pool.reload(&mut fx, None, t0).unwrap();
+        pool.notified_ready(&mut fx, pid(2).as_raw(), None, t0);
+        pool.tick(&mut fx, t0 + DRAIN);
+        assert!(
+            fx.take()
+                .ends_with(&[Call::Signal(pid(1), Signal::SIGKILL)])
+        );
+        pool.stop(&mut fx, t0 + DRAIN);
+        pool.exited(&mut fx, pid(2), exit(2, 0), t0 + DRAIN);
+        assert!(!pool.finished(t0 + DRAIN));
+        assert!(pool.finished(t0 + DRAIN + SHUTDOWN + REAP_AFTER_KILL));
     }
 
     #[test]
