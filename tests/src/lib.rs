@@ -128,22 +128,27 @@ impl Drop for SharedBinary {
 /// A server that knows nothing of `cluster`: it takes fd 3 as sd_listen_fds(3) describes,
 /// checks the variables, and answers each connection with its slot and pid. Given the argument
 /// `notify`, it reports readiness as sd_notify(3) describes (`@` is the abstract namespace).
+/// Given `block-slot=N`, the worker of slot N stops at a `GET /block` request for an hour, like a
+/// single-threaded server stuck in a call.
 pub const PYTHON_SERVER: &str = r#"
-import os, socket, sys
+import os, socket, sys, time
 assert os.environ["LISTEN_FDS"] == "1", os.environ.get("LISTEN_FDS")
 assert os.environ["LISTEN_PID"] == str(os.getpid()), (os.environ["LISTEN_PID"], os.getpid())
 assert os.environ["LISTEN_FDNAMES"] == "cluster"
 slot = os.environ["CLUSTER_WORKER_ID"]
 listener = socket.socket(fileno=3)
 assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
-if sys.argv[1:] == ["notify"]:
+if "notify" in sys.argv[1:]:
     target = os.environ["NOTIFY_SOCKET"]
     if target.startswith("@"):
         target = "\0" + target[1:]
     socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1\n", target)
+blocking = "block-slot=" + slot in sys.argv[1:]
 while True:
     conn, _ = listener.accept()
-    conn.recv(65536)
+    request = conn.recv(65536)
+    if blocking and request.startswith(b"GET /block "):
+        time.sleep(3600)
     body = "Handled by process %d (worker %s)\n" % (os.getpid(), slot)
     head = "HTTP/1.1 200 OK\r\nx-worker-slot: %s\r\nx-worker-pid: %d\r\n" % (slot, os.getpid())
     head += "content-length: %d\r\nconnection: close\r\n\r\n" % len(body)

@@ -16,7 +16,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// Socket timeouts: a request that takes longer counts as failed.
@@ -141,7 +141,7 @@ fn client(
         let (mut reader, served) = match connection.take() {
             Some(open) => open,
             None => match connect(addr) {
-                Ok(stream) => (BufReader::new(stream), 0),
+                Ok(reader) => (reader, 0),
                 Err(err) => {
                     tally.fail(format!("connect: {err}"));
                     continue;
@@ -149,11 +149,11 @@ fn client(
             },
         };
         match request(&mut reader, addr, path, reuse) {
-            Ok(answer) => {
+            Ok((pid, close)) => {
                 tally.ok += 1;
                 answered.fetch_add(1, Ordering::Relaxed);
-                *tally.by_pid.entry(answer.pid).or_insert(0) += 1;
-                if reuse == Reuse::KeepAlive && !answer.close {
+                *tally.by_pid.entry(pid).or_insert(0) += 1;
+                if reuse == Reuse::KeepAlive && !close {
                     connection = Some((reader, served + 1));
                 }
             }
@@ -163,45 +163,55 @@ fn client(
     tally
 }
 
-fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+/// A client connection with the test's timeouts and no Nagle delay.
+pub fn connect(addr: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
     let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     stream.set_nodelay(true)?;
-    Ok(stream)
+    Ok(BufReader::new(stream))
 }
 
-/// What a complete `200 OK` said.
-struct Answer {
-    pid: i32,
+/// One complete HTTP/1.1 answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub pid: Option<i32>,
     /// The server closes the connection after it (`Connection: close`).
-    close: bool,
+    pub close: bool,
+    /// When its last byte was read.
+    pub at: Instant,
 }
 
-/// Sends one request and reads its whole response (headers and `Content-Length` body).
-fn request(
+/// Sends `GET path` with `Connection: connection` (`close` or `keep-alive`).
+pub fn send(
     reader: &mut BufReader<TcpStream>,
     addr: SocketAddr,
     path: &str,
-    reuse: Reuse,
-) -> Result<Answer, String> {
-    let connection = match reuse {
-        Reuse::NewConnection => "close",
-        Reuse::KeepAlive => "keep-alive",
-    };
+    connection: &str,
+) -> Result<(), String> {
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: {connection}\r\n\r\n");
     reader
         .get_mut()
         .write_all(request.as_bytes())
-        .map_err(|e| format!("sending: {e}"))?;
+        .map_err(|e| format!("sending: {e}"))
+}
+
+/// Reads one whole answer: status line, headers, and a body of exactly `Content-Length` bytes.
+/// Anything less (end of stream or reset before the last byte) is an error saying where.
+pub fn read_answer(reader: &mut BufReader<TcpStream>) -> Result<Answer, String> {
     let mut status_line = String::new();
     match reader.read_line(&mut status_line) {
         Ok(0) => return Err("connection closed with no answer".to_owned()),
         Ok(_) => {}
         Err(e) => return Err(format!("reading the answer: {e}")),
     }
-    let status = status_line.split_whitespace().nth(1).unwrap_or("");
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
     let (mut length, mut pid, mut close) = (None, None, false);
     loop {
         let mut line = String::new();
@@ -229,12 +239,30 @@ fn request(
     let mut body = vec![0; length];
     reader
         .read_exact(&mut body)
-        .map_err(|e| format!("truncated body: {e}"))?;
-    if status != "200" {
-        return Err(format!("status {status}"));
-    }
+        .map_err(|e| format!("truncated body ({length} bytes announced): {e}"))?;
     Ok(Answer {
-        pid: pid.ok_or("no x-worker-pid")?,
+        status,
+        pid,
         close,
+        at: Instant::now(),
     })
+}
+
+/// Sends one request and reads its whole answer, which must be a `200 OK` naming its worker.
+fn request(
+    reader: &mut BufReader<TcpStream>,
+    addr: SocketAddr,
+    path: &str,
+    reuse: Reuse,
+) -> Result<(i32, bool), String> {
+    let connection = match reuse {
+        Reuse::NewConnection => "close",
+        Reuse::KeepAlive => "keep-alive",
+    };
+    send(reader, addr, path, connection)?;
+    let answer = read_answer(reader)?;
+    if answer.status != 200 {
+        return Err(format!("status {}", answer.status));
+    }
+    Ok((answer.pid.ok_or("no x-worker-pid")?, answer.close))
 }

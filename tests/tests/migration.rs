@@ -26,7 +26,7 @@ use std::{
 };
 
 use cluster_tests::{
-    Cluster, Failure, NetNs, Reply, cluster_command, field, get, process_gone, require_root,
+    Cluster, Failure, NetNs, PYTHON_SERVER, Reply, field, get, process_gone, require_root,
     socket_inodes, steering_stats,
 };
 use nix::{
@@ -34,19 +34,15 @@ use nix::{
     unistd::Pid,
 };
 
-const LISTEN: &str = "127.0.0.1:8080";
 /// New connections sent once a worker is stuck; round-robin over two workers queues half.
 const CONNECTIONS: usize = 10;
 /// How long a condition may take to show on a saturated 2-core machine.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Starts `cluster run --listen 127.0.0.1:8080 ARGS` inside a new namespace.
+/// A pool started with `ARGS` in a namespace of its own.
 fn pool_in_namespace(args: &[&str]) -> (NetNs, Cluster) {
     let ns = NetNs::new();
-    let mut command = cluster_command(&["run", "--listen", LISTEN]);
-    command.args(args);
-    ns.enter(&mut command);
-    let cluster = Cluster::start_command(command);
+    let cluster = ns.start_cluster(args);
     (ns, cluster)
 }
 
@@ -164,6 +160,30 @@ fn queue_owners(ns: &NetNs, cluster: &Cluster, slots: u32) -> Vec<(u32, i32, u64
     owners
 }
 
+/// Every one of the `waiting` queued connections migrated, by the kernel's count and by the
+/// program's, none was reset, and the pool stopped cleanly.
+fn assert_all_migrated(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    waiting: u64,
+    status: std::process::ExitStatus,
+    log: &str,
+) {
+    assert_eq!(
+        moved(before, after, "TCPMigrateReqSuccess"),
+        waiting,
+        "every queued connection migrated\n{log}"
+    );
+    assert_eq!(
+        moved(before, after, "TCPMigrateReqFailure"),
+        0,
+        "a queue was reset\n{log}"
+    );
+    let migrated: u64 = steering_stats(log).values().map(|(_, m)| m).sum();
+    assert_eq!(migrated, waiting, "the program's migrated counters\n{log}");
+    assert!(status.success(), "{status}\n{log}");
+}
+
 /// Joins the client threads; every one must have a `200 OK`. Returns the replies.
 fn all_answered(cluster: &Cluster, sent: Vec<JoinHandle<Result<Reply, Failure>>>) -> Vec<Reply> {
     sent.into_iter()
@@ -252,38 +272,8 @@ fn a_stuck_worker_replaced_by_a_reload_has_its_queue_served_elsewhere() {
         replies.iter().all(|r| r.pid != Some(busy_pid.as_raw())),
         "{replies:?}"
     );
-    assert_eq!(
-        moved(&before, &after, "TCPMigrateReqSuccess"),
-        waiting,
-        "every queued connection migrated\n{log}"
-    );
-    assert_eq!(
-        moved(&before, &after, "TCPMigrateReqFailure"),
-        0,
-        "a queue was reset\n{log}"
-    );
-    let migrated: u64 = steering_stats(&log).values().map(|(_, m)| m).sum();
-    assert_eq!(migrated, waiting, "the program's migrated counters\n{log}");
-    assert!(status.success(), "{status}\n{log}");
+    assert_all_migrated(&before, &after, waiting, status, &log);
 }
-
-/// A socket-activated server that answers each connection with its slot and pid, except that
-/// in slot 1 a request for `/block` blocks it (a single-threaded server stuck in a call).
-const BLOCKING_SERVER: &str = r#"
-import os, socket, time
-slot = os.environ["CLUSTER_WORKER_ID"]
-listener = socket.socket(fileno=3)
-while True:
-    conn, _ = listener.accept()
-    request = conn.recv(65536)
-    if request.startswith(b"GET /block ") and slot == "1":
-        time.sleep(3600)
-    body = "Handled by process %d (worker %s)\n" % (os.getpid(), slot)
-    head = "HTTP/1.1 200 OK\r\nx-worker-slot: %s\r\nx-worker-pid: %d\r\n" % (slot, os.getpid())
-    head += "content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-    conn.sendall((head + body).encode())
-    conn.close()
-"#;
 
 #[test]
 fn a_blocked_command_worker_scaled_away_has_its_queue_served_elsewhere() {
@@ -296,7 +286,8 @@ fn a_blocked_command_worker_scaled_away_has_its_queue_served_elsewhere() {
         "--",
         "python3",
         "-c",
-        BLOCKING_SERVER,
+        PYTHON_SERVER,
+        "block-slot=1",
     ]);
     let addr = cluster.addr();
     let blocked_pid = cluster.started_pid(1, 0).expect("slot 1's pid");
@@ -399,17 +390,5 @@ fn a_blocked_command_worker_scaled_away_has_its_queue_served_elsewhere() {
         replies.iter().all(|r| r.slot == Some(0)),
         "slot 0 serves everything once slot 1 is gone: {replies:?}"
     );
-    assert_eq!(
-        moved(&before, &after, "TCPMigrateReqSuccess"),
-        waiting,
-        "every queued connection migrated\n{log}"
-    );
-    assert_eq!(
-        moved(&before, &after, "TCPMigrateReqFailure"),
-        0,
-        "a queue was reset\n{log}"
-    );
-    let migrated: u64 = steering_stats(&log).values().map(|(_, m)| m).sum();
-    assert_eq!(migrated, waiting, "the program's migrated counters\n{log}");
-    assert!(status.success(), "{status}\n{log}");
+    assert_all_migrated(&before, &after, waiting, status, &log);
 }

@@ -11,14 +11,18 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufReader, Read as _},
     net::{SocketAddr, TcpStream},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use cluster_tests::{NetNs, all_gone, get, require_root};
+use cluster_tests::{
+    NetNs, all_gone, get,
+    load::{self, Answer, read_answer},
+    require_root,
+};
 use nix::unistd::Pid;
 
 /// How long each long request should take.
@@ -26,85 +30,16 @@ const LONG_REQUEST: Duration = Duration::from_millis(1500);
 /// Long requests sent before SIGTERM: two per worker, so that each worker has one in progress
 /// and one in its accept queue.
 const LONG_REQUESTS: usize = 4;
-/// Client socket timeouts: far above anything the test waits for, so that only a hang trips it.
+/// How long the keep-alive clients may run before a `Connection: close`: far above anything the
+/// test waits for, so that only a hang trips it.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One complete HTTP/1.1 answer.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    pid: Option<i32>,
-    /// `Connection: close`.
-    close: bool,
-    /// When its last byte was read.
-    at: Instant,
-}
-
 fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to the pool");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    BufReader::new(stream)
+    load::connect(addr).expect("connect to the pool")
 }
 
 fn send(reader: &mut BufReader<TcpStream>, addr: SocketAddr, path: &str, connection: &str) {
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: {connection}\r\n\r\n");
-    reader
-        .get_mut()
-        .write_all(request.as_bytes())
-        .expect("send the request");
-}
-
-/// Reads one whole answer: status line, headers, and a body of exactly `Content-Length` bytes.
-/// Anything less (end of stream or reset before the last byte) is an error saying where.
-fn read_answer(reader: &mut BufReader<TcpStream>) -> Result<Answer, String> {
-    let mut line = String::new();
-    match reader.read_line(&mut line) {
-        Ok(0) => return Err("connection closed with no answer".to_owned()),
-        Ok(_) => {}
-        Err(e) => return Err(format!("reading the status line: {e}")),
-    }
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {line:?}"))?;
-    let (mut length, mut pid, mut close) = (None, None, false);
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) => return Err("connection closed in the headers".to_owned()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("reading headers: {e}")),
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line {line:?}"))?;
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => length = value.parse::<usize>().ok(),
-            "x-worker-pid" => pid = value.parse().ok(),
-            "connection" => close = value.eq_ignore_ascii_case("close"),
-            _ => {}
-        }
-    }
-    let length = length.ok_or("no content-length")?;
-    let mut body = vec![0; length];
-    reader
-        .read_exact(&mut body)
-        .map_err(|e| format!("truncated body ({length} bytes announced): {e}"))?;
-    Ok(Answer {
-        status,
-        pid,
-        close,
-        at: Instant::now(),
-    })
+    load::send(reader, addr, path, connection).expect("send the request");
 }
 
 /// `/work` iterations that take about `target` on this machine now, from one timed request.
