@@ -21,6 +21,11 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(90);
 /// Sends `signal` and waits until the log has `finished` lines saying `reload finished`.
 fn reload(cluster: &Cluster, signal: Signal, finished: usize) {
     kill(cluster.pid(), signal).expect("signal the supervisor");
+    wait_for_reloads(cluster, finished);
+}
+
+/// Waits until the log has `finished` lines saying `reload finished` (and none `reload failed`).
+fn wait_for_reloads(cluster: &Cluster, finished: usize) {
     let done = cluster.wait_for_log(RELOAD_TIMEOUT, |log| {
         assert!(!log.contains("reload failed"), "a reload failed\n{log}");
         (log.matches("reload finished").count() >= finished).then_some(())
@@ -147,7 +152,7 @@ fn a_reload_asked_for_during_a_reload_is_refused() {
     // Two different signals: two pending SIGHUPs would merge into one.
     kill(cluster.pid(), Signal::SIGHUP).expect("signal the supervisor");
     kill(cluster.pid(), Signal::SIGUSR2).expect("signal the supervisor");
-    reload(&cluster, Signal::SIGWINCH, 1);
+    wait_for_reloads(&cluster, 1);
     let (status, log) = cluster.stop();
     assert!(status.success(), "{status}\n{log}");
     assert_eq!(log.matches("reload refused").count(), 1, "{log}");

@@ -48,18 +48,18 @@ struct Held {
 /// The system side of the pool.
 #[derive(Debug)]
 pub struct SystemEffects {
-    pub addr: SocketAddr,
-    pub backlog: u32,
-    pub program: WorkerProgram,
+    addr: SocketAddr,
+    backlog: u32,
+    program: WorkerProgram,
     /// Capture each worker's stdout and stderr (not `--log-passthrough`).
-    pub capture_output: bool,
+    capture_output: bool,
     pub steering: Steering,
     /// The one socket of `--steering shared`, kept for every worker started later.
-    pub shared: Option<Socket>,
+    shared: Option<Socket>,
     /// With a program: the socket that keeps the group alive between workers ([`super::parking`]).
-    pub parking: Option<Parking>,
+    parking: Option<Parking>,
     /// `NOTIFY_SOCKET` for workers.
-    pub notify_env: String,
+    notify_env: String,
     /// The tasks logging the workers' output and carrying their messages.
     pub output: JoinSet<()>,
     held: BTreeMap<Pid, Held>,

@@ -724,18 +724,11 @@ impl Pool {
         Ok(())
     }
 
+    /// Schedules another start of a slot whose worker could not be started. Only slots without
+    /// a serving worker get here: a replacement's failed start fails its reload instead
+    /// ([`Pool::advance_reload`]).
     fn retry_later(&mut self, slot: u32, err: &SupervisorError, now: Instant) {
         let entry = &mut self.slots[slot as usize];
-        if entry.serving.is_some() {
-            if let Some(reload) = &mut self.reload {
-                reload.failure.get_or_insert_with(|| {
-                    format!("could not start the replacement for slot {slot}: {err}")
-                });
-                reload.pending.clear();
-            }
-            error!(slot, error = %err, "could not start the replacement; the old worker keeps serving");
-            return;
-        }
         let delay = entry.backoff.on_exit(Duration::ZERO, &self.config.restart);
         error!(slot, error = %err, failures = entry.backoff.quick_failures(),
                delay_ms = delay.as_millis(), "could not start worker; retrying with backoff");
@@ -1190,6 +1183,23 @@ mod tests {
         );
         assert!(pool.take_outcomes()[0].failure.is_some());
         assert_eq!(pool.serving(1), Some(pid(2)));
+    }
+
+    #[test]
+    fn a_replacement_that_cannot_be_started_fails_the_reload() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = serving_pool(2, t0);
+        fx.fail_starts = true;
+        assert_eq!(pool.reload(&mut fx, None, t0), Ok(2));
+        let outcome = pool.take_outcomes();
+        assert_eq!(outcome.len(), 1);
+        assert!(outcome[0].failure.as_deref().unwrap().contains("slot 0"));
+        assert!(fx.take().is_empty(), "no signal, nothing restarted");
+        assert_eq!(
+            (pool.serving(0), pool.serving(1)),
+            (Some(pid(1)), Some(pid(2)))
+        );
+        assert_eq!(pool.next_deadline(t0), None);
     }
 
     #[test]

@@ -156,7 +156,10 @@ fn serve_connection(
     let last_message = message_watch.clone();
     let service = service_fn(move |request| {
         let closing = *draining.borrow();
-        let message = last_message.borrow().clone();
+        // Only `/message` shows it: no copy for every other request.
+        let message = (request.uri().path() == "/message")
+            .then(|| last_message.borrow().clone())
+            .flatten();
         async move {
             let mut response = http::respond(&request, identity, message.as_deref());
             if closing {
