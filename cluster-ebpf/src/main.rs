@@ -9,8 +9,9 @@
 //!   that complete a SYN-cookie handshake turn separate counters: with cookies the program runs
 //!   for both, and the ACK's choice is the one that gets the connection;
 //! - sticky: the client's source address picks a sticky-table bucket, the bucket names a slot.
-//!   If that slot is empty, a second hash of the address picks a live-table position instead, so
-//!   only that slot's clients move, and they come back when the slot is filled again;
+//!   If that slot is empty or held (`HELD`: its worker stopped accepting), a second hash of the
+//!   address picks a live-table position instead, so only that slot's clients move, and they
+//!   come back when the slot serves again;
 //! - least-conn: of two live sockets, the rotation's choice and a random other one, the one with
 //!   fewer open connections (a tie keeps the rotation's); with two workers that is exact.
 //!
@@ -85,6 +86,8 @@ static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT, 0)
 static SLOT_SOCKET: Array<u32> = Array::with_max_entries(MAX_SLOTS, 0);
 #[map]
 static SOCKET_STATS: Array<SocketStats> = Array::with_max_entries(MAX_SOCKETS, 0);
+#[map]
+static HELD: Array<u32> = Array::with_max_entries(MAX_SLOTS, 0);
 
 /// An `SK_STORAGE` map definition in the BTF form the loader reads (aya-obj `parse_btf_map_def`):
 /// each member's array length is the value. aya-ebpf's own `SkStorage` fixes its flags at
@@ -260,11 +263,14 @@ fn open_at(position: u32) -> u64 {
     }
 }
 
-/// Sticky: the address hash's bucket names a slot; if that slot has no socket, a second hash
-/// picks a live position to probe from, so only the empty slot's clients move.
+/// Sticky: the address hash's bucket names a slot; if that slot has no socket, or is held out of
+/// the selection (its worker stopped accepting), a second hash picks a live position to probe
+/// from, so only that slot's clients move, and they come back when it serves again. A held flag
+/// that cannot be read counts as not held.
 #[inline(always)]
 fn select_sticky(ctx: &SkReuseportContext, hash: u32, live_count: u32, kind: Kind) -> u32 {
     if let Some(&slot) = STICKY.get(sticky_bucket(hash))
+        && HELD.get(slot).is_none_or(|&held| held == 0)
         && SOCKETS.select_reuseport(ctx, slot).is_ok()
     {
         record(slot, kind);

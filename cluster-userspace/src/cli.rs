@@ -1,6 +1,6 @@
 //! The command line: `cluster run` and its options, parsed and validated by clap.
 
-use std::{ffi::OsString, fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf};
+use std::{ffi::OsString, fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cluster_common::MAX_SLOTS;
@@ -196,6 +196,19 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ready_timeout: u64,
 
+    /// Seconds a worker may leave connections waiting in its accept queue without accepting
+    /// any, before it counts as stalled and gets no new connection until it accepts again
+    /// (decimals allowed, at least 0.25). Needs the program (round-robin, sticky, least-conn) to
+    /// skip it; see the README's "Worker health".
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_stall_after)]
+    pub stall_after: Duration,
+
+    /// Seconds a worker may stay stalled before it is killed (SIGKILL) and replaced; what was
+    /// queued on it is migrated to the others. 0: never.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub hang_timeout: u64,
+
     /// Replace a worker whose resident memory stays above SIZE (two checks in a row, 5 s
     /// apart) by the rolling-reload path: `512M`, `2G`, or bytes.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -227,6 +240,20 @@ pub struct RunArgs {
     /// CLUSTER_WORKER_ID.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// Parses `--stall-after`: seconds, decimals allowed, from 0.25 (the check interval) to 3600.
+pub fn parse_stall_after(value: &str) -> Result<Duration, String> {
+    let seconds: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number of seconds (like 1 or 0.5)"))?;
+    if !(0.25..=3600.0).contains(&seconds) {
+        return Err(format!(
+            "{value} s is out of range: use 0.25 to 3600 (accept queues are read every 0.25 s)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// `--workers`: how many worker slots to run.
@@ -427,6 +454,18 @@ mod tests {
         for bad in ["", "M", "12Q", "0", "-5M", "99999999999999999G"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn stall_after_takes_decimal_seconds_in_range() {
+        assert_eq!(parse_stall_after("1"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_stall_after("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["", "0", "0.1", "-1", "1s", "nan", "3601"] {
+            assert!(parse_stall_after(bad).is_err(), "{bad}");
+        }
+        let args = run_args(&[]).expect("defaults parse");
+        assert_eq!(args.stall_after, Duration::from_secs(1));
+        assert_eq!(args.hang_timeout, 30);
     }
 
     #[test]

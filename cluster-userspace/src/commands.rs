@@ -107,18 +107,29 @@ pub fn table(status: &PoolStatus) -> String {
         }
     );
     text.push_str(&format!(
-        "{:>4} {:>8} {:<10} {:>8} {:>8} {:>6} {:>10} {:>10} {:>9} {:>9}\n",
-        "SLOT", "PID", "PHASE", "UPTIME", "RESTARTS", "OPEN", "CONNS", "STEERED", "MIGRATED", "RSS"
+        "{:>4} {:>8} {:<10} {:>8} {:>8} {:>6} {:>6} {:>10} {:>10} {:>9} {:>9}\n",
+        "SLOT",
+        "PID",
+        "PHASE",
+        "UPTIME",
+        "RESTARTS",
+        "OPEN",
+        "QUEUED",
+        "CONNS",
+        "STEERED",
+        "MIGRATED",
+        "RSS"
     ));
     for row in &status.rows {
         text.push_str(&format!(
-            "{:>4} {:>8} {:<10} {:>8} {:>8} {:>6} {:>10} {:>10} {:>9} {:>9}\n",
+            "{:>4} {:>8} {:<10} {:>8} {:>8} {:>6} {:>6} {:>10} {:>10} {:>9} {:>9}\n",
             row.slot,
             opt(row.pid.map(|p| p.to_string())),
             row.phase,
             opt(row.uptime_s.map(|s| format!("{s}s"))),
             row.restarts,
             opt(row.open.map(|n| n.to_string())),
+            opt(row.queued.map(|n| n.to_string())),
             opt(row.connections.map(|n| n.to_string())),
             opt(row.steered.map(|n| n.to_string())),
             opt(row.migrated.map(|n| n.to_string())),
@@ -151,6 +162,7 @@ mod tests {
                     phase: "serving".to_owned(),
                     uptime_s: Some(5),
                     open: Some(3),
+                    queued: Some(1),
                     connections: Some(10),
                     steered: Some(12),
                     migrated: Some(0),
@@ -172,12 +184,24 @@ mod tests {
         assert_eq!(
             lines[2].split_whitespace().collect::<Vec<_>>(),
             [
-                "0", "42", "serving", "5s", "0", "3", "10", "12", "0", "3.0M"
+                "0", "42", "serving", "5s", "0", "3", "1", "10", "12", "0", "3.0M"
             ]
         );
         assert_eq!(
             lines[3].split_whitespace().collect::<Vec<_>>(),
-            ["1", "-", "restarting", "-", "2", "-", "-", "-", "-", "-"]
+            [
+                "1",
+                "-",
+                "restarting",
+                "-",
+                "2",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-"
+            ]
         );
     }
 }

@@ -129,7 +129,8 @@ impl Drop for SharedBinary {
 /// checks the variables, and answers each connection with its slot and pid. Given the argument
 /// `notify`, it reports readiness as sd_notify(3) describes (`@` is the abstract namespace).
 /// Given `block-slot=N`, the worker of slot N stops at a `GET /block` request for an hour, like a
-/// single-threaded server stuck in a call.
+/// single-threaded server stuck in a call; given `sleep-slot=N`, it spends 4 s on a `GET /sleep`
+/// request, like a single-threaded server busy with one long request.
 pub const PYTHON_SERVER: &str = r#"
 import os, socket, sys, time
 assert os.environ["LISTEN_FDS"] == "1", os.environ.get("LISTEN_FDS")
@@ -144,11 +145,14 @@ if "notify" in sys.argv[1:]:
         target = "\0" + target[1:]
     socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1\n", target)
 blocking = "block-slot=" + slot in sys.argv[1:]
+sleeping = "sleep-slot=" + slot in sys.argv[1:]
 while True:
     conn, _ = listener.accept()
     request = conn.recv(65536)
     if blocking and request.startswith(b"GET /block "):
         time.sleep(3600)
+    if sleeping and request.startswith(b"GET /sleep "):
+        time.sleep(4)
     body = "Handled by process %d (worker %s)\n" % (os.getpid(), slot)
     head = "HTTP/1.1 200 OK\r\nx-worker-slot: %s\r\nx-worker-pid: %d\r\n" % (slot, os.getpid())
     head += "content-length: %d\r\nconnection: close\r\n\r\n" % len(body)

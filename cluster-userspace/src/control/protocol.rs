@@ -93,13 +93,18 @@ pub struct PoolStatus {
 pub struct WorkerRow {
     pub slot: u32,
     pub pid: Option<i32>,
-    /// `starting`, `serving`, `draining`, `stopping`, or `restarting` (no worker).
+    /// `starting`, `serving`, `stalled` (serving, but held out of the selection: it stopped
+    /// accepting), `draining`, `stopping`, or `restarting` (no worker).
     pub phase: String,
     pub uptime_s: Option<u64>,
     /// Workers started in the slot after one exited (reload replacements are not restarts).
     pub restarts: u32,
     /// Connections open on the worker's socket now (queued ones included).
     pub open: Option<i64>,
+    /// Connections waiting in its socket's accept queue at the last health check (every 0.25 s),
+    /// where stalls are watched.
+    #[serde(default)]
+    pub queued: Option<u32>,
     /// Connections established on the worker's socket since it started.
     pub connections: Option<u64>,
     /// Connections the program steered to the slot, over all its workers.

@@ -107,6 +107,15 @@ impl Steering {
         }
     }
 
+    /// Holds `slot` out of the selection (`true`: its worker stopped accepting) or lets it back.
+    /// Only a program can skip a socket: under `hash` and `shared` nothing changes.
+    pub fn hold(&mut self, slot: u32, held: bool) -> Result<(), ProgramError> {
+        match self {
+            Self::Program(program) => program.hold(slot, held),
+            Self::KernelHash | Self::Shared => Ok(()),
+        }
+    }
+
     /// `slot` joins (`true`) or leaves the sticky table.
     pub fn sticky_member(&mut self, slot: u32, member: bool) -> Result<(), ProgramError> {
         match self {

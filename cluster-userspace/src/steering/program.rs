@@ -3,6 +3,7 @@
 //! and writing the maps (slot sockets, live table, sticky table); reading the counters.
 
 use std::{
+    collections::BTreeSet,
     io,
     os::fd::{AsRawFd, BorrowedFd},
 };
@@ -117,6 +118,9 @@ pub struct SteeringProgram {
     socket_stats: Array<MapData, SocketStats>,
     socket_tags: SkStorage<MapData, SocketTag>,
     sticky_table: Array<MapData, u32>,
+    held: Array<MapData, u32>,
+    /// The slots whose `HELD` flag is set in the map.
+    held_written: BTreeSet<u32>,
     /// Where the search for the next free socket id starts.
     next_socket_id: u32,
     policy: Policy,
@@ -173,6 +177,8 @@ impl SteeringProgram {
             socket_stats: take_map(&mut ebpf, map_names::SOCKET_STATS)?,
             socket_tags: take_map(&mut ebpf, map_names::SOCKET_TAGS)?,
             sticky_table: take_map(&mut ebpf, map_names::STICKY)?,
+            held: take_map(&mut ebpf, map_names::HELD)?,
+            held_written: BTreeSet::new(),
             next_socket_id: 0,
             ebpf,
             program_name,
@@ -312,6 +318,22 @@ impl SteeringProgram {
         Ok(())
     }
 
+    /// Holds `slot` out of the selection while its worker does not accept (`true`), or lets it
+    /// back (`false`). Its socket stays in `SOCKETS`: a held slot's queue is left alone, and
+    /// migrated if the worker dies. Unless every serving slot is held (then none is).
+    pub fn hold(&mut self, slot: u32, held: bool) -> Result<(), ProgramError> {
+        if self.live.hold(slot, held) {
+            self.write_live()?;
+        }
+        Ok(())
+    }
+
+    /// Whether `slot` is held out of the selection now.
+    #[must_use]
+    pub fn skipped(&self, slot: u32) -> bool {
+        self.live.skipped(slot)
+    }
+
     /// Takes `slot` out of the selection: its serving worker exited, or the slot was scaled
     /// away. The kernel has already emptied its `SOCKETS` entry if the socket closed
     /// (`bpf_sk_reuseport_detach`); clearing it again is harmless. Never called for a worker
@@ -372,9 +394,17 @@ impl SteeringProgram {
         })
     }
 
-    /// Writes the dense live table, then its length. A reader that runs in between sees a
-    /// table whose entries may name a slot that just emptied; it skips it by probing on.
+    /// Writes the held flags, the dense live table, then its length. A reader that runs in
+    /// between sees a table whose entries may name a slot that just emptied; it skips it by
+    /// probing on.
     fn write_live(&mut self) -> Result<(), ProgramError> {
+        let skipped = self.live.skipped_slots();
+        for &slot in skipped.symmetric_difference(&self.held_written) {
+            self.held
+                .set(slot, u32::from(skipped.contains(&slot)), 0)
+                .map_err(|e| other("writing the HELD flags", &e))?;
+        }
+        self.held_written = skipped;
         for (position, slot) in self.live.table() {
             self.live_table
                 .set(position, slot, 0)
@@ -391,7 +421,7 @@ impl SteeringProgram {
                 Policy::LeastConn => mode::LEAST_CONN,
                 Policy::FloorEmpty | Policy::FloorSelect => mode::ROUND_ROBIN,
             },
-            live_count: self.live.len(),
+            live_count: self.live.selectable(),
             sticky: self.sticky,
         };
         self.config

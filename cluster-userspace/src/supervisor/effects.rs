@@ -43,6 +43,8 @@ struct Held {
     socket: Option<Socket>,
     /// Its socket's counters, where a program counts.
     socket_id: Option<SocketId>,
+    /// Its own socket's inode, which names it in sock_diag (none under `shared`).
+    inode: Option<u32>,
 }
 
 /// The system side of the pool.
@@ -113,6 +115,19 @@ impl SystemEffects {
         self.steering.program()?.socket_counters(id).ok()
     }
 
+    /// `pid`'s own socket: its inode and its counters, where a program counts.
+    #[must_use]
+    pub fn socket_of(&self, pid: Pid) -> Option<(u32, SocketCounters)> {
+        Some((self.held.get(&pid)?.inode?, self.socket_counters(pid)?))
+    }
+
+    /// Holds `slot` out of the selection (its worker stopped accepting) or lets it back.
+    pub fn hold(&mut self, slot: u32, held: bool) {
+        if let Err(err) = self.steering.hold(slot, held) {
+            error!(slot, held, error = %err, "could not change whether the slot is selected");
+        }
+    }
+
     /// Sends `message` to each of `pids`; returns how many it was queued for. A broadcast is
     /// also kept for the workers started later.
     pub fn send_message(
@@ -140,12 +155,15 @@ impl SystemEffects {
 
 impl Effects for SystemEffects {
     fn start(&mut self, slot: u32) -> Result<Pid, SupervisorError> {
-        let (own_socket, socket_id) = match &self.shared {
-            Some(_) => (None, None),
+        let (own_socket, socket_id, inode) = match &self.shared {
+            Some(_) => (None, None, None),
             None => {
                 let socket = listener::open(self.addr, self.backlog, Sharing::ReusePort)?;
                 let id = self.steering.socket_listening(slot, socket.as_fd())?;
-                (Some(socket), id)
+                let inode = nix::sys::stat::fstat(&socket)
+                    .ok()
+                    .and_then(|stat| u32::try_from(stat.st_ino).ok());
+                (Some(socket), id, inode)
             }
         };
         let pipes = if self.capture_output {
@@ -196,6 +214,7 @@ impl Effects for SystemEffects {
             Held {
                 socket: own_socket,
                 socket_id,
+                inode,
             },
         );
         Ok(pid)

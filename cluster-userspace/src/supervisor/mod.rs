@@ -8,9 +8,11 @@
 //! ([`crate::telemetry`]); it starts after the handled signals are blocked, so it never takes one,
 //! and a forked child makes only async-signal-safe calls before exec ([`spawn`]).
 
+pub mod accept_queues;
 pub mod backoff;
 pub mod channel;
 pub mod effects;
+pub mod health;
 pub mod memory;
 pub mod output;
 pub mod parking;
@@ -29,14 +31,19 @@ use nix::{
     },
     unistd::Pid,
 };
-use tokio::time::{Instant, sleep_until};
+use tokio::{
+    sync::mpsc,
+    time::{Instant, sleep_until},
+};
 use tracing::{error, info, warn};
 
 use self::{
+    accept_queues::{AcceptQueues, QueueLengths},
     backoff::RestartPolicy,
     effects::SystemEffects,
+    health::{Health, HealthConfig, Reading, Verdict},
     parking::ParkingError,
-    pool::{DRAIN_POLL, DrainStyle, Pool, PoolConfig},
+    pool::{DRAIN_POLL, DrainStyle, Effects as _, Pool, PoolConfig},
     signals::{Received, SignalAction, Signals},
     spawn::{SpawnError, WorkerProgram},
 };
@@ -52,7 +59,7 @@ use crate::{
     cpus,
     listener::{self, ListenError},
     notify::NotifySocket,
-    steering::{ProgramError, Steering, enable_run_stats},
+    steering::{Policy, ProgramError, Steering, enable_run_stats},
 };
 
 /// Why the supervisor could not start or run.
@@ -103,6 +110,8 @@ pub struct Options {
     pub control: Option<PathBuf>,
     /// `--max-memory`, in bytes.
     pub max_memory: Option<u64>,
+    /// `--stall-after`, `--hang-timeout`.
+    pub health: HealthConfig,
 }
 
 /// How the pool ended, when it was asked to stop.
@@ -176,6 +185,10 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
         bpf_stats: args.bpf_stats,
         control: args.control,
         max_memory: args.max_memory,
+        health: HealthConfig {
+            stall_after: args.stall_after,
+            hang_timeout: (args.hang_timeout > 0).then(|| Duration::from_secs(args.hang_timeout)),
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -225,6 +238,10 @@ struct Supervisor {
     memory: Option<memory::MemoryLimit>,
     /// Keeps the kernel's BPF run-time stats on while the supervisor runs (`--bpf-stats`).
     run_stats: Option<std::os::fd::OwnedFd>,
+    /// Whether the serving workers accept.
+    health: Health,
+    /// Accept-queue readings, where stalls can be seen ([`Self::watch_queues`]).
+    queue_readings: Option<mpsc::Receiver<QueueLengths>>,
 }
 
 impl Supervisor {
@@ -266,7 +283,10 @@ impl Supervisor {
         };
         let control = ControlServer::bind(&control_path)?;
         let pool = Pool::new(config, options.slots, std::time::Instant::now());
+        let queue_readings = watch_queues(&options, &fx);
         Ok(Self {
+            health: Health::new(options.health),
+            queue_readings,
             memory: options.max_memory.map(memory::MemoryLimit::new),
             options,
             pool,
@@ -320,6 +340,10 @@ impl Supervisor {
                 },
                 pending = self.control.recv() => self.control_request(pending),
                 _ = memory_checks.tick(), if self.memory.is_some() => self.check_memory(),
+                lengths = next_reading(&mut self.queue_readings) => match lengths {
+                    Some(lengths) => self.check_health(&lengths),
+                    None => self.queue_readings = None,
+                },
                 () = sleep_until(next.map_or_else(Instant::now, Instant::from_std)), if next.is_some() => {}
             }
             self.answer_reload_waiters();
@@ -488,6 +512,63 @@ impl Supervisor {
         }
     }
 
+    /// Judges each serving worker by its accept queue: a stalled one leaves the selection until
+    /// it accepts again, a hung one is killed (its queue migrates to the others, and the restart
+    /// path replaces it).
+    fn check_health(&mut self, lengths: &QueueLengths) {
+        let now = std::time::Instant::now();
+        let serving: Vec<(u32, Pid)> = (0..self.pool.slot_count())
+            .filter_map(|slot| self.pool.serving(slot).map(|pid| (slot, pid)))
+            .collect();
+        // A worker that left was taken out of the selection with its slot, held or not.
+        self.health
+            .retain(|pid| serving.iter().any(|&(_, serving)| serving == pid));
+        for (slot, pid) in serving {
+            let Some((inode, counters)) = self.fx.socket_of(pid) else {
+                continue;
+            };
+            let Some(&queued) = lengths.get(&inode) else {
+                continue;
+            };
+            let reading = Reading {
+                queued,
+                established: counters.connections,
+            };
+            match self.health.observe(pid, reading, now) {
+                Some(Verdict::Stalled { queued, waited }) => {
+                    warn!(
+                        slot,
+                        pid = pid.as_raw(),
+                        queued,
+                        seconds = waited.as_secs_f64(),
+                        "worker stalled; no new connections until it accepts again"
+                    );
+                    self.fx.hold(slot, true);
+                }
+                Some(Verdict::Resumed { waited }) => {
+                    info!(
+                        slot,
+                        pid = pid.as_raw(),
+                        seconds = waited.as_secs_f64(),
+                        "worker resumed"
+                    );
+                    self.fx.hold(slot, false);
+                }
+                Some(Verdict::Hung { queued, waited }) => {
+                    error!(
+                        slot,
+                        pid = pid.as_raw(),
+                        queued,
+                        seconds = waited.as_secs_f64(),
+                        "worker hung; killed"
+                    );
+                    self.fx.signal(pid, Signal::SIGKILL);
+                }
+                None => {}
+            }
+        }
+    }
+
     /// Answers the requests waiting for a reload that ended.
     fn answer_reload_waiters(&mut self) {
         for outcome in self.pool.take_outcomes() {
@@ -510,6 +591,7 @@ impl Supervisor {
         status::snapshot(
             &self.pool,
             &self.fx,
+            &self.health,
             &self.options.addr.to_string(),
             &self.options.mode.to_string(),
         )
@@ -576,6 +658,34 @@ impl Supervisor {
                 Err(err) => warn!(error = %err, "could not read the programs' stats"),
             }
         }
+    }
+}
+
+/// Starts reading the accept queues when stalls can be acted on: with a program, which counts
+/// each socket's connections and can skip one. Logs why not otherwise.
+fn watch_queues(options: &Options, fx: &SystemEffects) -> Option<mpsc::Receiver<QueueLengths>> {
+    match fx.steering.program() {
+        Some(program) if !matches!(program.policy(), Policy::FloorEmpty | Policy::FloorSelect) => {}
+        _ => {
+            info!(steering = %options.mode,
+                  "stall and hang detection is off: it needs the program's per-socket counters (round-robin, sticky, least-conn)");
+            return None;
+        }
+    }
+    match AcceptQueues::open(options.addr.port()) {
+        Ok(queues) => Some(accept_queues::watch(queues, health::CHECK_EVERY)),
+        Err(err) => {
+            warn!(error = %err, "stall and hang detection is off");
+            None
+        }
+    }
+}
+
+/// The next accept-queue reading; never, when there are none.
+async fn next_reading(readings: &mut Option<mpsc::Receiver<QueueLengths>>) -> Option<QueueLengths> {
+    match readings {
+        Some(readings) => readings.recv().await,
+        None => std::future::pending().await,
     }
 }
 

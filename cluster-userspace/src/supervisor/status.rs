@@ -6,7 +6,11 @@ use std::time::Instant;
 use nix::unistd::Pid;
 use tracing::info;
 
-use super::{effects::SystemEffects, pool::Pool};
+use super::{
+    effects::SystemEffects,
+    health::Health,
+    pool::{Phase, Pool},
+};
 use crate::{
     control::protocol::{PoolStatus, WorkerRow},
     telemetry,
@@ -14,7 +18,13 @@ use crate::{
 
 /// A snapshot of the pool.
 #[must_use]
-pub fn snapshot(pool: &Pool, fx: &SystemEffects, addr: &str, steering: &str) -> PoolStatus {
+pub fn snapshot(
+    pool: &Pool,
+    fx: &SystemEffects,
+    health: &Health,
+    addr: &str,
+    steering: &str,
+) -> PoolStatus {
     let program = fx.steering.program();
     let now = Instant::now();
     let rows = pool
@@ -26,14 +36,19 @@ pub fn snapshot(pool: &Pool, fx: &SystemEffects, addr: &str, steering: &str) -> 
             WorkerRow {
                 slot: row.slot,
                 pid: row.pid.map(Pid::as_raw),
-                phase: row
-                    .phase
-                    .map_or_else(|| "restarting".to_owned(), |p| p.to_string()),
+                phase: match (row.phase, row.pid) {
+                    (Some(Phase::Serving), Some(pid)) if health.stalled(pid) => {
+                        "stalled".to_owned()
+                    }
+                    (Some(phase), _) => phase.to_string(),
+                    (None, _) => "restarting".to_owned(),
+                },
                 uptime_s: row
                     .started
                     .map(|t| now.saturating_duration_since(t).as_secs()),
                 restarts: row.restarts,
                 open: socket.map(|c| c.open),
+                queued: row.pid.and_then(|pid| health.queued(pid)),
                 connections: socket.map(|c| c.connections),
                 steered: slot_counters.map(|c| c.connections + c.migrated),
                 migrated: slot_counters.map(|c| c.migrated),

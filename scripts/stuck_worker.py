@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""The stuck-worker experiment of the README's "Worker health": a pool of 4 workers, the one that
+answers a first request from 127.0.0.1 stopped with SIGSTOP, then 200 requests one after another,
+each on a new connection with a 2 s timeout. Prints failures/total.
+
+usage: stuck_worker.py CLUSTER_BINARY PORT MODE [cluster run options...]
+e.g.   stuck_worker.py target/release/cluster 18610 round-robin --stall-after 3600 --hang-timeout 0
+"""
+import json, os, signal, socket, subprocess, sys, time
+binary, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+extra = sys.argv[4:]
+sup = subprocess.Popen([binary, "run", "--workers", "4", "--listen", f"127.0.0.1:{port}", "--steering", mode] + extra,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def status():
+    out = subprocess.run([binary, "status", "--json", "--pid", str(sup.pid)], capture_output=True, text=True)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+try:
+    for _ in range(100):
+        s = status()
+        if s and s["serving"] == 4: break
+        time.sleep(0.1)
+    # Stop the worker that answers 127.0.0.1 (the one sticky sends this client to).
+    c = socket.create_connection(("127.0.0.1", port), timeout=5)
+    c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head = b""
+    while True:
+        chunk = c.recv(4096)
+        if not chunk: break
+        head += chunk
+    pid = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"x-worker-pid")][0])
+    os.kill(pid, signal.SIGSTOP)
+    failed = 0
+    start = time.time()
+    for i in range(200):
+        try:
+            c = socket.create_connection(("127.0.0.1", port), timeout=2)
+            c.settimeout(2)
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = c.recv(4096)
+                if not chunk: break
+                data += chunk
+            if not data.startswith(b"HTTP/1.1 200"): failed += 1
+            c.close()
+        except OSError:
+            failed += 1
+    print(f"{mode} {' '.join(extra)}: failed {failed}/200 in {time.time()-start:.1f}s")
+    os.kill(pid, signal.SIGCONT)
+finally:
+    sup.terminate(); sup.wait()
