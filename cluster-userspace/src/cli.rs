@@ -208,6 +208,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(0..=86400))]
     pub hang_timeout: u64,
+    /// Seconds a worker must stay up after it is ready for its start to count as stable. A
+    /// worker that exits before it is ready, or sooner after, had an unstable start.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub min_uptime: u64,
+
+    /// Unstable starts in a row after which a slot gives up (PM2's `max_restarts`). If no worker
+    /// of the pool ever started stably, the supervisor then exits with status 4; otherwise the
+    /// pool serves with the other slots, and a reload starts the failed one afresh.
+    #[arg(long, value_name = "N", default_value_t = 9,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_restarts: u32,
 
     /// Replace a worker whose resident memory stays above SIZE (two checks in a row, 5 s
     /// apart) by the rolling-reload path: `512M`, `2G`, or bytes.
@@ -503,6 +515,21 @@ mod tests {
         assert_eq!(args.log_format, LogFormat::Text);
         assert!(!args.log_passthrough);
         assert!(args.command.is_empty());
+        assert_eq!((args.min_uptime, args.max_restarts), (1, 9));
+    }
+
+    #[test]
+    fn crash_loop_limits() {
+        let args = run_args(&["--min-uptime", "5", "--max-restarts", "3"]).unwrap();
+        assert_eq!((args.min_uptime, args.max_restarts), (5, 3));
+        for bad in [
+            &["--min-uptime", "0"][..],
+            &["--min-uptime", "1.5"],
+            &["--max-restarts", "0"],
+            &["--max-restarts", "-1"],
+        ] {
+            assert!(run_args(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

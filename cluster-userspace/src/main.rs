@@ -1,14 +1,16 @@
 //! The `cluster` binary: parses the command line and runs the supervisor or the demo worker.
 //!
 //! Exit status: 0 when the pool stopped cleanly, 1 on an error (one line on stderr), 2 for a bad
-//! command line (clap's), 3 when the pool stopped but some workers had to be killed.
+//! command line (clap's), 3 when the pool stopped but some workers had to be killed, 4 when the
+//! COMMAND cannot start (a slot gave up before any worker ran stably; one line on stderr).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use cluster::{
     cli::{Cli, Command, LogFormat},
-    commands, handoff, supervisor,
+    commands, handoff,
+    supervisor::{self, SupervisorError},
     telemetry::{self, Style},
     worker,
 };
@@ -16,6 +18,9 @@ use cluster::{
 /// The pool stopped, but at least one worker outlived `--shutdown-timeout` or a second stop
 /// signal, and was killed.
 const EXIT_WORKERS_KILLED: u8 = 3;
+/// A slot gave up after `--max-restarts` unstable starts, and no worker of the pool ever ran
+/// stably: the COMMAND cannot start.
+const EXIT_CANNOT_START: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,6 +65,9 @@ fn main() -> ExitCode {
         // The one line a person reads. Every error's message already names its cause, so the
         // source chain (`{:#}`) would only repeat it.
         telemetry::print_error(&format!("error: {err}"));
-        ExitCode::FAILURE
+        match err.downcast_ref::<SupervisorError>() {
+            Some(SupervisorError::CannotStart(_)) => ExitCode::from(EXIT_CANNOT_START),
+            _ => ExitCode::FAILURE,
+        }
     })
 }

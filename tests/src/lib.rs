@@ -181,18 +181,33 @@ impl BreakableServer {
     /// `cluster run` with `workers` workers of this server.
     #[must_use]
     pub fn cluster_run(&self, workers: u32) -> Command {
-        let script = format!(
-            "if [ -e '{}' ]; then echo 'broken build' >&2; exit 3; fi; exec python3 -c \"$0\"",
-            self.marker.display()
-        );
         let mut command = cluster_run(&["--workers", &workers.to_string()]);
-        command.args(["--", "sh", "-c", &script, PYTHON_SERVER]);
+        command.arg("--").args(self.command(None));
         command
     }
 
-    /// From now on, a new worker exits at once with status 3.
+    /// The COMMAND that runs this server; with `only_slot`, only that slot's worker breaks.
+    #[must_use]
+    pub fn command(&self, only_slot: Option<u32>) -> [String; 4] {
+        let slot_test = only_slot.map_or_else(String::new, |slot| {
+            format!("[ \"$CLUSTER_WORKER_ID\" = {slot} ] && ")
+        });
+        let script = format!(
+            "if {slot_test}[ -e '{}' ]; then echo 'broken build' >&2; exit 3; fi; \
+             exec python3 -c \"$0\"",
+            self.marker.display()
+        );
+        ["sh".into(), "-c".into(), script, PYTHON_SERVER.into()]
+    }
+
+    /// From now on, a new worker exits at once with status 3, writing `broken build` to stderr.
     pub fn break_it(&self) {
         std::fs::write(&self.marker, b"").expect("create the marker");
+    }
+
+    /// From now on, new workers serve again (a fixed build).
+    pub fn repair(&self) {
+        std::fs::remove_file(&self.marker).expect("remove the marker");
     }
 }
 

@@ -21,7 +21,7 @@ use tracing::{debug, error};
 use super::{
     SupervisorError,
     channel::{self, WorkerChannel},
-    output::WorkerPipes,
+    output::{StderrTail, WorkerPipes},
     parking::Parking,
     pool::Effects,
     spawn::{self, Handoff, WorkerProgram},
@@ -65,6 +65,8 @@ pub struct SystemEffects {
     /// The tasks logging the workers' output and carrying their messages.
     pub output: JoinSet<()>,
     held: BTreeMap<Pid, Held>,
+    /// The last lines of each worker's stderr, where it is captured.
+    stderr_tails: BTreeMap<Pid, StderrTail>,
     channels: BTreeMap<Pid, WorkerChannel>,
     /// The last `cluster broadcast`, given to every worker started afterwards too.
     last_broadcast: Option<String>,
@@ -103,6 +105,7 @@ impl SystemEffects {
             notify_env: notify.env_value(),
             output: JoinSet::new(),
             held: BTreeMap::new(),
+            stderr_tails: BTreeMap::new(),
             channels: BTreeMap::new(),
             last_broadcast: None,
         })
@@ -146,6 +149,12 @@ impl SystemEffects {
             .filter(|channel| channel.send(line.clone()))
             .count();
         u32::try_from(delivered).unwrap_or(u32::MAX)
+    }
+
+    /// The last lines `pid` wrote to stderr, while it is known (until [`Effects::forget`]).
+    #[must_use]
+    pub fn stderr_tail(&self, pid: Pid) -> Option<StderrTail> {
+        self.stderr_tails.get(&pid).cloned()
     }
 
     fn worker_socket<'a>(&'a self, own: Option<&'a Socket>) -> Option<BorrowedFd<'a>> {
@@ -196,7 +205,8 @@ impl Effects for SystemEffects {
         let pid = spawn::spawn(&self.program, &handoff)?;
         drop(channel_theirs);
         if let Some(pipes) = pipes {
-            pipes.forward(slot, pid, &mut self.output);
+            let tail = pipes.forward(slot, pid, &mut self.output);
+            self.stderr_tails.insert(pid, tail);
         }
         match WorkerChannel::start(channel_ours, slot, pid, &mut self.output) {
             Ok(channel) => {
@@ -286,6 +296,7 @@ impl Effects for SystemEffects {
             );
         }
         self.channels.remove(&pid);
+        self.stderr_tails.remove(&pid);
         if self.held.remove(&pid).is_some_and(|h| h.socket.is_some()) {
             debug!(
                 pid = pid.as_raw(),

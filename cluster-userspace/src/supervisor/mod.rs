@@ -1,5 +1,6 @@
 //! The supervisor: starts one worker per slot, restarts the ones that exit (with backoff when
-//! they keep failing), logs what they print, and stops them all on SIGTERM, SIGINT or SIGQUIT.
+//! they keep failing, until their slot gives up), logs what they print, and stops them all on
+//! SIGTERM, SIGINT or SIGQUIT.
 //!
 //! One event loop on one thread, joined by signals ([`signals`]), readiness notifications and
 //! timers (restarts, readiness deadlines); later inputs (a control socket) join the same
@@ -12,6 +13,7 @@ pub mod accept_queues;
 pub mod backoff;
 pub mod channel;
 pub mod effects;
+pub mod gave_up;
 pub mod health;
 pub mod memory;
 pub mod output;
@@ -33,6 +35,7 @@ use nix::{
 };
 use tokio::{
     sync::mpsc,
+    task::JoinSet,
     time::{Instant, sleep_until},
 };
 use tracing::{error, info, warn};
@@ -41,7 +44,9 @@ use self::{
     accept_queues::{AcceptQueues, QueueLengths},
     backoff::RestartPolicy,
     effects::SystemEffects,
+    gave_up::{CannotStart, Report},
     health::{Health, HealthConfig, Reading, Verdict},
+    output::StderrTail,
     parking::ParkingError,
     pool::{DRAIN_POLL, DrainStyle, Effects as _, Pool, PoolConfig},
     signals::{Received, SignalAction, Signals},
@@ -77,6 +82,8 @@ pub enum SupervisorError {
     Control(#[from] ControlError),
     #[error(transparent)]
     AddressLock(#[from] LockError),
+    #[error(transparent)]
+    CannotStart(#[from] Box<CannotStart>),
     #[error("{op} failed: {source}")]
     Os {
         op: &'static str,
@@ -101,6 +108,8 @@ pub struct Options {
     pub program: WorkerProgram,
     pub drain: DrainStyle,
     pub readiness: Readiness,
+    /// Restart pacing and when a slot gives up (`--min-uptime`, `--max-restarts`).
+    pub restart: RestartPolicy,
     /// Capture each worker's stdout and stderr and log them line by line (not
     /// `--log-passthrough`).
     pub capture_output: bool,
@@ -181,6 +190,11 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
         program,
         drain,
         readiness,
+        restart: RestartPolicy {
+            min_uptime: Duration::from_secs(args.min_uptime),
+            max_restarts: args.max_restarts,
+            ..RestartPolicy::default()
+        },
         capture_output: !args.log_passthrough,
         bpf_stats: args.bpf_stats,
         control: args.control,
@@ -242,6 +256,8 @@ struct Supervisor {
     health: Health,
     /// Accept-queue readings, where stalls can be seen ([`Self::watch_queues`]).
     queue_readings: Option<mpsc::Receiver<QueueLengths>>,
+    /// Reports of slots that gave up, each waiting for its last worker's stderr.
+    gave_up: JoinSet<Report>,
 }
 
 impl Supervisor {
@@ -271,7 +287,7 @@ impl Supervisor {
         )?;
         let config = PoolConfig {
             readiness: options.readiness,
-            restart: RestartPolicy::default(),
+            restart: options.restart,
             drain: options.drain,
             drain_timeout: options.drain_timeout,
             shutdown_timeout: options.shutdown_timeout,
@@ -295,6 +311,7 @@ impl Supervisor {
             control,
             reload_waiters: Vec::new(),
             run_stats,
+            gave_up: JoinSet::new(),
         })
     }
 
@@ -310,6 +327,7 @@ impl Supervisor {
         loop {
             let now = std::time::Instant::now();
             self.pool.tick(&mut self.fx, now);
+            self.report_gave_up(None);
             // A reload may end inside `tick` (a COMMAND replacement's minimum uptime).
             self.answer_reload_waiters();
             if self.pool.finished(now) {
@@ -350,6 +368,7 @@ impl Supervisor {
             if !signals_ok {
                 self.reap();
             }
+            self.report_gave_up(None);
         }
         let stopped = Stopped {
             killed: self.pool.killed().to_vec(),
@@ -365,11 +384,22 @@ impl Supervisor {
             let pids: Vec<i32> = stopped.killed.iter().map(|p| p.as_raw()).collect();
             warn!(killed = ?pids, "all workers stopped; some had to be killed");
         }
+        let mut cannot_start = None;
+        while let Some(report) = self.gave_up.join_next().await {
+            match report {
+                Ok(report) if report.gave_up.pool_fails => {
+                    cannot_start.get_or_insert(report);
+                }
+                Ok(_) => {}
+                Err(err) => warn!(error = %err, "a report of a slot that gave up was lost"),
+            }
+        }
         output::drain(&mut self.fx.output).await;
         self.log_counters();
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(stopped),
+        match (failure, cannot_start) {
+            (Some(err), _) => Err(err),
+            (None, Some(report)) => Err(Box::new(CannotStart(report)).into()),
+            (None, None) => Ok(stopped),
         }
     }
 
@@ -600,11 +630,28 @@ impl Supervisor {
     /// Collects every exited child.
     fn reap(&mut self) {
         for (pid, status) in exited_children() {
+            // Taken before the pool forgets the worker: its slot may give up on this exit.
+            let tail = self.fx.stderr_tail(pid).map(|tail| (pid, tail));
             self.pool
                 .exited(&mut self.fx, pid, status, std::time::Instant::now());
+            self.report_gave_up(tail);
         }
         // Forget the output tasks of workers whose pipes have closed.
         while self.fx.output.try_join_next().is_some() {}
+    }
+
+    /// Starts a report for each slot that gave up; `exited` is the worker that just exited, and
+    /// the tail of its stderr. A report waits for the end of that stderr on its own task, so the
+    /// event loop goes on meanwhile.
+    fn report_gave_up(&mut self, exited: Option<(Pid, StderrTail)>) {
+        for gave_up in self.pool.take_gave_up() {
+            let tail = exited
+                .as_ref()
+                .filter(|(pid, _)| gave_up.pid == Some(*pid))
+                .map(|(_, tail)| tail.clone());
+            let command = self.options.program.command_line();
+            self.gave_up.spawn(Report::collect(gave_up, command, tail));
+        }
     }
 
     /// Logs the pool's status (SIGUSR1).

@@ -4,20 +4,27 @@
 //!
 //! Reading never blocks or starves the event loop: each pipe is read by its own task on the
 //! supervisor's runtime, without blocking, and a task that always finds data still yields its
-//! turn. A line longer than [`MAX_LINE`] bytes is cut there, with a marker.
+//! turn. A line longer than [`MAX_LINE`] bytes is cut there, with a marker. The last lines of
+//! each worker's stderr are also kept ([`StderrTail`]), for the report of a slot that gives up.
 
 use std::{
+    collections::VecDeque,
     fmt, io,
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use nix::{fcntl::OFlag, unistd::Pid};
-use tokio::{net::unix::pipe, task::JoinSet};
+use tokio::{net::unix::pipe, sync::watch, task::JoinSet};
 use tracing::{info, warn};
 
 /// Longest line logged whole; the rest of a longer line is dropped.
 pub const MAX_LINE: usize = 16 * 1024;
+/// Lines of each worker's stderr kept in its [`StderrTail`].
+pub const TAIL_LINES: usize = 10;
+/// Longest line kept in a [`StderrTail`], in bytes; the rest is cut.
+const TAIL_LINE_BYTES: usize = 1024;
 /// How long the supervisor waits at exit for output the workers wrote just before they exited.
 const DRAIN_AT_EXIT: Duration = Duration::from_millis(500);
 
@@ -61,13 +68,80 @@ impl WorkerPipes {
     }
 
     /// Closes our copies of the write ends (so a pipe ends when the worker and whatever it
-    /// started have closed theirs) and starts a reader task for each stream.
-    pub fn forward(self, slot: u32, pid: Pid, tasks: &mut JoinSet<()>) {
-        for (read, stream) in [
-            (self.stdout.0, Stream::Stdout),
-            (self.stderr.0, Stream::Stderr),
-        ] {
-            tasks.spawn(forward(read, Source { slot, pid, stream }));
+    /// started have closed theirs) and starts a reader task for each stream. Returns the tail
+    /// of the worker's stderr, which its reader keeps up to date.
+    pub fn forward(self, slot: u32, pid: Pid, tasks: &mut JoinSet<()>) -> StderrTail {
+        let (tail, keeper) = StderrTail::new();
+        let source = |stream| Source { slot, pid, stream };
+        tasks.spawn(forward(self.stdout.0, source(Stream::Stdout), None));
+        tasks.spawn(forward(self.stderr.0, source(Stream::Stderr), Some(keeper)));
+        tail
+    }
+}
+
+/// The last [`TAIL_LINES`] lines one worker wrote to stderr, each cut at 1 KiB, and whether its
+/// stderr has ended. A worker's exit is often reaped before its reader has read the last lines
+/// it wrote: [`StderrTail::ended`] waits for them.
+#[derive(Debug, Clone)]
+pub struct StderrTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    /// Closed when the reader is done: every process holding the pipe closed it.
+    reader: watch::Receiver<()>,
+}
+
+/// The reader's side of a [`StderrTail`]; dropping it marks the stream ended.
+#[derive(Debug)]
+struct TailKeeper {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    _done: watch::Sender<()>,
+}
+
+impl StderrTail {
+    fn new() -> (Self, TailKeeper) {
+        let lines = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let (done, reader) = watch::channel(());
+        let keeper = TailKeeper {
+            lines: Arc::clone(&lines),
+            _done: done,
+        };
+        (Self { lines, reader }, keeper)
+    }
+
+    /// Waits, at most `timeout`, until the worker's stderr has ended and every line it wrote
+    /// was read. Returns whether it ended.
+    pub async fn ended(&self, timeout: Duration) -> bool {
+        let mut reader = self.reader.clone();
+        // Nothing is ever sent: `changed` returns only once the reader dropped its sender.
+        let closed = async { while reader.changed().await.is_ok() {} };
+        tokio::time::timeout(timeout, closed).await.is_ok()
+    }
+
+    /// The lines kept, oldest first.
+    #[must_use]
+    pub fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .map(|lines| lines.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl TailKeeper {
+    fn push(&self, line: &[u8]) {
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        if text.len() > TAIL_LINE_BYTES {
+            let mut end = TAIL_LINE_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str(" [cut]");
+        }
+        if let Ok(mut lines) = self.lines.lock() {
+            if lines.len() == TAIL_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(text);
         }
     }
 }
@@ -98,7 +172,7 @@ impl Source {
     }
 }
 
-async fn forward(read: OwnedFd, source: Source) {
+async fn forward(read: OwnedFd, source: Source, tail: Option<TailKeeper>) {
     let pipe = match pipe::Receiver::from_owned_fd(read) {
         Ok(pipe) => pipe,
         Err(err) => {
@@ -109,7 +183,12 @@ async fn forward(read: OwnedFd, source: Source) {
     };
     let mut buf = vec![0u8; 8192];
     let mut lines = LineSplitter::default();
-    let mut emit = |line: &[u8], cut: bool| source.log(line, cut);
+    let mut emit = |line: &[u8], cut: bool| {
+        source.log(line, cut);
+        if let Some(tail) = &tail {
+            tail.push(line);
+        }
+    };
     loop {
         if pipe.readable().await.is_err() {
             break;
@@ -243,6 +322,31 @@ mod tests {
         assert_eq!(lines[1].0.len(), MAX_LINE);
         assert!(lines[1].1, "the long line is marked as cut");
         assert_eq!(lines[2], ("after".into(), false));
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_lines_cut_short_and_ends_with_its_reader() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (tail, keeper) = StderrTail::new();
+        for n in 0..15 {
+            keeper.push(format!("line {n}").as_bytes());
+        }
+        keeper.push(&vec![b'x'; TAIL_LINE_BYTES + 10]);
+        let lines = tail.lines();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines[0], "line 6");
+        assert_eq!(
+            lines[TAIL_LINES - 1].len(),
+            TAIL_LINE_BYTES + " [cut]".len()
+        );
+        runtime.block_on(async {
+            assert!(!tail.ended(Duration::from_millis(10)).await);
+            drop(keeper);
+            assert!(tail.ended(Duration::from_secs(5)).await);
+        });
     }
 
     #[test]

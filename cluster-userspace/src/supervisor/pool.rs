@@ -5,7 +5,8 @@
 //!
 //! A slot is a place in the selection (an index of the program's socket array); a worker is one
 //! process serving it. A slot has at most one serving worker and at most one starting one (its
-//! first, a restart, or a reload's replacement); workers it replaced drain beside them.
+//! first, a restart, or a reload's replacement); workers it replaced drain beside them. A slot
+//! whose workers keep failing to start gives up ([`GaveUp`]) and stays failed until a reload.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -21,7 +22,7 @@ use tracing::{error, info, warn};
 
 use super::{
     Readiness, SupervisorError,
-    backoff::{Backoff, RestartPolicy},
+    backoff::{Backoff, Next, RestartPolicy},
 };
 
 /// How often a draining COMMAND worker's socket is checked for connections left.
@@ -83,6 +84,8 @@ pub enum Phase {
     Serving,
     Draining,
     Stopping,
+    /// A slot without a worker that gave up after too many unstable starts.
+    Failed,
 }
 
 impl fmt::Display for Phase {
@@ -92,6 +95,7 @@ impl fmt::Display for Phase {
             Self::Serving => "serving",
             Self::Draining => "draining",
             Self::Stopping => "stopping",
+            Self::Failed => "failed",
         })
     }
 }
@@ -120,12 +124,30 @@ pub struct ReloadOutcome {
     pub failure: Option<String>,
 }
 
+/// A slot gave up: its last `unstable_starts` starts in a row were unstable, and it starts no
+/// more worker until a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GaveUp {
+    pub slot: u32,
+    /// The last worker, if it was started at all.
+    pub pid: Option<Pid>,
+    /// How the last start ended: its exit status, or why it could not be started.
+    pub last: String,
+    pub unstable_starts: u32,
+    /// No worker of the pool ever had a stable start: the command cannot start, and the pool
+    /// stops.
+    pub pool_fails: bool,
+    /// Slots serving after it gave up, of `slots`.
+    pub serving: u32,
+    pub slots: u32,
+}
+
 /// One row of `status`: a worker, or a slot that has none right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusRow {
     pub slot: u32,
     pub pid: Option<Pid>,
-    /// `None` for a slot waiting to restart its worker.
+    /// `None` for a slot waiting to restart its worker; `Failed` for one that gave up.
     pub phase: Option<Phase>,
     pub started: Option<Instant>,
     /// Workers started in this slot after one exited (reload replacements are not restarts).
@@ -181,6 +203,8 @@ struct Slot {
     /// Workers started in the slot after one exited (not reload replacements).
     restarts: u32,
     started_once: bool,
+    /// Gave up after too many unstable starts: no worker, no restart.
+    failed: bool,
     /// In the sticky table.
     member: bool,
 }
@@ -214,6 +238,10 @@ pub struct Pool {
     /// Workers killed after a stop was asked for.
     killed: Vec<Pid>,
     announced_ready: bool,
+    /// Slots that gave up since the last call to [`Pool::take_gave_up`].
+    gave_up: Vec<GaveUp>,
+    /// A worker of the pool had a stable start: it stayed up `min_uptime` after it was ready.
+    stable_once: bool,
 }
 
 /// How long a worker killed with SIGKILL gets to be reaped before a stopping pool gives up on
@@ -241,6 +269,8 @@ impl Pool {
             shutdown: None,
             killed: Vec::new(),
             announced_ready: false,
+            gave_up: Vec::new(),
+            stable_once: false,
         }
     }
 
@@ -252,12 +282,16 @@ impl Pool {
         now: Instant,
     ) -> Result<(), SupervisorError> {
         for slot in 0..self.slot_count() {
+            if self.shutdown.is_some() {
+                // A slot gave up at its first start (`--max-restarts 1`): the pool stops.
+                break;
+            }
             match self.start(fx, slot, now) {
                 Ok(()) => {}
                 Err(err @ (SupervisorError::Listen(_) | SupervisorError::Steering(_))) => {
                     return Err(err);
                 }
-                Err(err) => self.retry_later(slot, &err, now),
+                Err(err) => self.retry_later(fx, slot, &err, now),
             }
         }
         Ok(())
@@ -300,6 +334,11 @@ impl Pool {
         std::mem::take(&mut self.outcomes)
     }
 
+    /// Slots that gave up since the last call.
+    pub fn take_gave_up(&mut self) -> Vec<GaveUp> {
+        std::mem::take(&mut self.gave_up)
+    }
+
     /// Whether every slot serves, the first time it happens (the pool's "ready" moment).
     pub fn newly_all_serving(&mut self) -> bool {
         if self.announced_ready || self.slots.iter().any(|s| s.serving.is_none()) {
@@ -336,7 +375,7 @@ impl Pool {
             if entry.restart_at.is_some_and(|at| at <= now) {
                 entry.restart_at = None;
                 if let Err(err) = self.start(fx, slot, now) {
-                    self.retry_later(slot, &err, now);
+                    self.retry_later(fx, slot, &err, now);
                 }
             }
         }
@@ -467,7 +506,9 @@ impl Pool {
                     entry.serving = None;
                     fx.unserve(slot);
                 }
-                now.saturating_duration_since(since)
+                let uptime = now.saturating_duration_since(since);
+                self.stable_once |= uptime >= self.config.restart.min_uptime;
+                uptime
             }
             State::Draining { .. } | State::Killed => {
                 info!(slot, pid = pid.as_raw(), status = %exit, "worker exited");
@@ -485,22 +526,29 @@ impl Pool {
             self.advance_reload(fx, now);
             return;
         }
-        let delay = entry.backoff.on_exit(uptime, &self.config.restart);
-        if delay.is_zero() {
-            warn!(slot, pid = pid.as_raw(), status = %exit, uptime_ms = uptime.as_millis(),
-                  "worker exited; restarting");
-        } else {
-            warn!(slot, pid = pid.as_raw(), status = %exit, uptime_ms = uptime.as_millis(),
-                  failures = entry.backoff.quick_failures(), delay_ms = delay.as_millis(),
-                  "worker keeps exiting right after start; restarting with backoff");
+        match entry.backoff.on_exit(uptime, &self.config.restart) {
+            Next::RestartAfter(delay) if delay.is_zero() => {
+                warn!(slot, pid = pid.as_raw(), status = %exit, uptime_ms = uptime.as_millis(),
+                      "worker exited; restarting");
+                entry.restart_at = Some(now);
+            }
+            Next::RestartAfter(delay) => {
+                warn!(slot, pid = pid.as_raw(), status = %exit, uptime_ms = uptime.as_millis(),
+                      unstable_starts = entry.backoff.unstable_starts(),
+                      max_restarts = self.config.restart.max_restarts,
+                      delay_ms = delay.as_millis(),
+                      "worker keeps exiting right after start; restarting with backoff");
+                entry.restart_at = Some(now + delay);
+            }
+            Next::GiveUp => self.give_up(fx, slot, Some(pid), exit.to_string(), now),
         }
-        entry.restart_at = Some(now + delay);
         self.advance_reload(fx, now);
     }
 
     /// Replaces the workers of `slots` (every slot when `None`), `reload_batch` at a time: each
     /// replacement starts on a new socket, and once it is ready its socket takes the slot's place
-    /// in the selection and the old worker drains.
+    /// in the selection and the old worker drains. A slot among them that gave up starts afresh
+    /// (a fixed deploy gets its chance), outside the reload's count.
     pub fn reload(
         &mut self,
         fx: &mut impl Effects,
@@ -523,6 +571,9 @@ impl Pool {
             }
             None => (0..self.slot_count()).collect(),
         };
+        for &slot in &pending {
+            self.revive(slot, now);
+        }
         let total = u32::try_from(pending.len()).unwrap_or(u32::MAX);
         info!(
             slots = total,
@@ -645,7 +696,7 @@ impl Pool {
                 rows.push(StatusRow {
                     slot,
                     pid: None,
-                    phase: None,
+                    phase: entry.failed.then_some(Phase::Failed),
                     started: None,
                     restarts: entry.restarts,
                 });
@@ -724,15 +775,72 @@ impl Pool {
         Ok(())
     }
 
-    /// Schedules another start of a slot whose worker could not be started. Only slots without
-    /// a serving worker get here: a replacement's failed start fails its reload instead
-    /// ([`Pool::advance_reload`]).
-    fn retry_later(&mut self, slot: u32, err: &SupervisorError, now: Instant) {
+    /// Schedules another start of a slot whose worker could not be started (an unstable start),
+    /// or gives the slot up. Only slots without a serving worker get here: a replacement's
+    /// failed start fails its reload instead ([`Pool::advance_reload`]).
+    fn retry_later(
+        &mut self,
+        fx: &mut impl Effects,
+        slot: u32,
+        err: &SupervisorError,
+        now: Instant,
+    ) {
         let entry = &mut self.slots[slot as usize];
-        let delay = entry.backoff.on_exit(Duration::ZERO, &self.config.restart);
-        error!(slot, error = %err, failures = entry.backoff.quick_failures(),
-               delay_ms = delay.as_millis(), "could not start worker; retrying with backoff");
-        entry.restart_at = Some(now + delay);
+        match entry.backoff.on_exit(Duration::ZERO, &self.config.restart) {
+            Next::RestartAfter(delay) => {
+                error!(slot, error = %err, unstable_starts = entry.backoff.unstable_starts(),
+                       delay_ms = delay.as_millis(), "could not start worker; retrying with backoff");
+                entry.restart_at = Some(now + delay);
+            }
+            Next::GiveUp => self.give_up(fx, slot, None, err.to_string(), now),
+        }
+    }
+
+    /// `slot` had too many unstable starts in a row: it starts no more workers. If no worker of
+    /// the pool ever had a stable start, the command cannot start and the pool stops.
+    fn give_up(
+        &mut self,
+        fx: &mut impl Effects,
+        slot: u32,
+        pid: Option<Pid>,
+        last: String,
+        now: Instant,
+    ) {
+        let entry = &mut self.slots[slot as usize];
+        entry.failed = true;
+        entry.restart_at = None;
+        let unstable_starts = entry.backoff.unstable_starts();
+        let min_uptime = self.config.restart.min_uptime;
+        let stable_now = self.workers.values().any(|w| {
+            matches!(w.state, State::Serving { since } if now.saturating_duration_since(since) >= min_uptime)
+        });
+        let pool_fails = !(self.stable_once || stable_now);
+        let serving = self.slots.iter().filter(|s| s.serving.is_some()).count();
+        self.gave_up.push(GaveUp {
+            slot,
+            pid,
+            last,
+            unstable_starts,
+            pool_fails,
+            serving: u32::try_from(serving).unwrap_or(u32::MAX),
+            slots: self.slot_count(),
+        });
+        if pool_fails {
+            self.stop(fx, now);
+        }
+    }
+
+    /// A slot that gave up starts afresh, with a new count of unstable starts.
+    fn revive(&mut self, slot: u32, now: Instant) {
+        let Some(entry) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        if entry.failed {
+            entry.failed = false;
+            entry.backoff = Backoff::default();
+            entry.restart_at = Some(now);
+            info!(slot, "slot had given up; starting it afresh");
+        }
     }
 
     /// A starting worker is ready: its socket takes the slot's place in the selection, and the
@@ -780,6 +888,10 @@ impl Pool {
         let Some(worker) = self.workers.get_mut(&pid) else {
             return;
         };
+        if let State::Serving { since } = worker.state {
+            self.stable_once |=
+                now.saturating_duration_since(since) >= self.config.restart.min_uptime;
+        }
         let at_once = matches!(worker.state, State::Starting { .. })
             || self.config.drain == DrainStyle::SignalAtOnce
             || fx.drained(pid);
@@ -1407,6 +1519,306 @@ mod tests {
         assert!(fx.take().is_empty());
         pool.tick(&mut fx, t0 + SHUTDOWN / 2);
         assert_eq!(fx.take(), [Call::Signal(pid(1), Signal::SIGTERM)]);
+    }
+
+    /// A pool of `slots` workers whose slots give up after `max_restarts`, started on `fx`:
+    /// built-in workers with `notified()`, COMMANDs with `Readiness::Started`.
+    fn pool_giving_up(
+        readiness: Readiness,
+        slots: u32,
+        max_restarts: u32,
+        fx: &mut Fake,
+        t0: Instant,
+    ) -> Pool {
+        let drain = match readiness {
+            Readiness::Started => DrainStyle::WhenDrained,
+            Readiness::Notified { .. } => DrainStyle::SignalAtOnce,
+        };
+        let mut cfg = config(readiness, drain);
+        cfg.restart.max_restarts = max_restarts;
+        let mut pool = Pool::new(cfg, slots, t0);
+        pool.start_all(fx, t0).unwrap();
+        pool
+    }
+
+    /// A pool of `slots` COMMAND workers without readiness, giving up after `max_restarts`;
+    /// the calls so far are dropped.
+    fn command_pool(slots: u32, max_restarts: u32, t0: Instant) -> (Pool, Fake) {
+        let mut fx = Fake::default();
+        let pool = pool_giving_up(Readiness::Started, slots, max_restarts, &mut fx, t0);
+        fx.take();
+        (pool, fx)
+    }
+
+    /// Makes `slot`'s worker `pid` exit right after it started, and starts the next one when
+    /// its backoff is over; returns the instant of that start, or `None` if the slot gave up.
+    fn crash_at_once(
+        pool: &mut Pool,
+        fx: &mut Fake,
+        slot: u32,
+        pid: Pid,
+        now: Instant,
+    ) -> Option<Instant> {
+        pool.exited(fx, pid, WaitStatus::Exited(pid, 3), now);
+        let failed = pool
+            .status()
+            .iter()
+            .any(|r| r.slot == slot && r.phase == Some(Phase::Failed));
+        if failed {
+            return None;
+        }
+        let at = pool.next_deadline(now).expect("a restart is due");
+        pool.tick(fx, at);
+        Some(at)
+    }
+
+    #[test]
+    fn unstable_starts_are_counted_and_the_slot_gives_up_after_max_restarts() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = command_pool(2, 5, t0);
+        // Slot 1 serves on for good.
+        let mut now = t0;
+        let mut slot0 = pid(1);
+        for start in 1..=5 {
+            now += Duration::from_millis(50);
+            match crash_at_once(&mut pool, &mut fx, 0, slot0, now) {
+                Some(at) => {
+                    assert!(start < 5, "gave up too late");
+                    now = at;
+                    let Some(Call::Start(0, next)) =
+                        fx.take().into_iter().find(|c| matches!(c, Call::Start(..)))
+                    else {
+                        panic!("slot 0 was not restarted");
+                    };
+                    slot0 = next;
+                }
+                None => assert_eq!(start, 5, "gave up too early"),
+            }
+        }
+        assert_eq!(
+            pool.take_gave_up(),
+            [GaveUp {
+                slot: 0,
+                pid: Some(slot0),
+                last: "exit code 3".to_owned(),
+                unstable_starts: 5,
+                // Slot 1's worker has served for more than the minimum uptime.
+                pool_fails: false,
+                serving: 1,
+                slots: 2,
+            }]
+        );
+        assert_eq!(
+            phases(&pool),
+            [
+                (0, None, Some(Phase::Failed)),
+                (1, Some(102), Some(Phase::Serving))
+            ]
+        );
+        assert_eq!(
+            pool.next_deadline(now),
+            None,
+            "a failed slot restarts no more"
+        );
+        assert!(!pool.stopping(), "the pool serves on with slot 1");
+        assert!(pool.take_gave_up().is_empty(), "reported once");
+    }
+
+    #[test]
+    fn a_stable_run_resets_the_count_of_unstable_starts() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = command_pool(1, 2, t0);
+        let now = crash_at_once(&mut pool, &mut fx, 0, pid(1), t0).unwrap();
+        assert_eq!(fx.take().last(), Some(&Call::Serve(0, pid(2))));
+        // Up for the minimum uptime: its crash is restarted at once and counts from zero.
+        let later = now + RestartPolicy::default().min_uptime;
+        pool.exited(&mut fx, pid(2), exit(2, 1), later);
+        assert_eq!(pool.next_deadline(later), Some(later));
+        pool.tick(&mut fx, later);
+        let now = crash_at_once(&mut pool, &mut fx, 0, pid(3), later)
+            .expect("one unstable start in a row");
+        assert_eq!(now, later + RestartPolicy::default().first_delay);
+        assert!(
+            crash_at_once(&mut pool, &mut fx, 0, pid(4), now).is_none(),
+            "two in a row"
+        );
+        let gave_up = pool.take_gave_up();
+        assert_eq!(gave_up[0].unstable_starts, 2);
+        assert!(!gave_up[0].pool_fails, "pid 2 ran stably");
+    }
+
+    #[test]
+    fn a_pool_whose_workers_never_started_stably_stops_when_a_slot_gives_up() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = pool_giving_up(notified(), 2, 2, &mut fx, t0);
+        // Slot 1's worker is ready, but for less than the minimum uptime.
+        pool.notified_ready(&mut fx, pid(2).as_raw(), None, t0);
+        fx.take();
+        let now = crash_at_once(&mut pool, &mut fx, 0, pid(1), t0).unwrap();
+        fx.take();
+        assert!(crash_at_once(&mut pool, &mut fx, 0, pid(3), now).is_none());
+        let gave_up = pool.take_gave_up();
+        assert_eq!(gave_up.len(), 1);
+        assert!(gave_up[0].pool_fails, "{gave_up:?}");
+        assert!(pool.stopping());
+        assert_eq!(
+            fx.take(),
+            [Call::Forget(pid(3)), Call::Signal(pid(2), Signal::SIGTERM)]
+        );
+        pool.exited(&mut fx, pid(2), exit(2, 0), now);
+        assert!(pool.finished(now));
+        assert!(
+            pool.take_gave_up().is_empty(),
+            "a stop gives up nothing more"
+        );
+    }
+
+    #[test]
+    fn a_worker_killed_at_its_ready_timeout_had_an_unstable_start() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = pool_giving_up(notified(), 1, 1, &mut fx, t0);
+        pool.tick(&mut fx, t0 + READY_TIMEOUT);
+        let killed = WaitStatus::Signaled(pid(1), Signal::SIGKILL, false);
+        pool.exited(&mut fx, pid(1), killed, t0 + READY_TIMEOUT);
+        let gave_up = pool.take_gave_up();
+        assert_eq!(gave_up[0].last, "killed by SIGKILL");
+        assert!(gave_up[0].pool_fails);
+    }
+
+    #[test]
+    fn a_slot_that_cannot_be_started_gives_up_too() {
+        let t0 = Instant::now();
+        let mut fx = Fake {
+            fail_starts: true,
+            ..Fake::default()
+        };
+        let mut pool = pool_giving_up(notified(), 2, 2, &mut fx, t0);
+        let retry = t0 + RestartPolicy::default().first_delay;
+        assert_eq!(pool.next_deadline(t0), Some(retry));
+        pool.tick(&mut fx, retry);
+        let gave_up = pool.take_gave_up();
+        assert_eq!(
+            gave_up.len(),
+            1,
+            "slot 0 gives up, and the pool stops: {gave_up:?}"
+        );
+        assert_eq!((gave_up[0].slot, gave_up[0].pid), (0, None));
+        assert!(
+            gave_up[0].last.contains("fork failed"),
+            "{}",
+            gave_up[0].last
+        );
+        assert!(gave_up[0].pool_fails);
+        assert!(pool.finished(retry));
+
+        // With one attempt, the first start gives up, and no other slot is started.
+        let mut pool = pool_giving_up(notified(), 2, 1, &mut fx, t0);
+        assert_eq!(pool.take_gave_up().len(), 1);
+        assert!(pool.finished(t0));
+    }
+
+    #[test]
+    fn a_reload_starts_a_failed_slot_afresh_and_a_drain_too() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = command_pool(2, 1, t0);
+        let later = give_up_after_a_stable_run(&mut pool, &mut fx, 0, t0);
+        assert_eq!(pool.status()[0].phase, Some(Phase::Failed));
+        assert_eq!(pool.reload(&mut fx, None, later), Ok(2));
+        // Slot 1 is replaced as usual; slot 0 starts afresh.
+        assert_eq!(fx.take(), [Call::Start(1, pid(4))]);
+        assert_eq!(pool.next_deadline(later), Some(later));
+        pool.tick(&mut fx, later);
+        assert_eq!(fx.take(), [Call::Start(0, pid(5)), Call::Serve(0, pid(5))]);
+        assert_eq!(pool.serving(0), Some(pid(5)));
+        // It fails again at once, while slot 1's replacement serves: a drain of the slot starts
+        // it afresh as well.
+        pool.exited(
+            &mut fx,
+            pid(5),
+            exit(5, 3),
+            later + Duration::from_millis(10),
+        );
+        assert_eq!(pool.take_gave_up().len(), 1);
+        let ready = later + RestartPolicy::default().min_uptime;
+        pool.tick(&mut fx, ready);
+        let outcome = pool.take_outcomes();
+        assert_eq!(outcome[0].replaced, 1, "{outcome:?}");
+        fx.take();
+        assert_eq!(pool.reload(&mut fx, Some(0), ready), Ok(1));
+        assert_eq!(
+            pool.take_outcomes()[0].replaced,
+            0,
+            "nothing to replace in slot 0"
+        );
+        pool.tick(&mut fx, ready);
+        assert_eq!(fx.take(), [Call::Start(0, pid(6)), Call::Serve(0, pid(6))]);
+        assert_eq!(pool.status()[0].restarts, 3);
+    }
+
+    /// `slot`'s first worker runs a minute and crashes; its restart crashes at once, and the
+    /// slot gives up (`max_restarts` 1). Returns the instant, with the calls so far dropped.
+    fn give_up_after_a_stable_run(
+        pool: &mut Pool,
+        fx: &mut Fake,
+        slot: u32,
+        t0: Instant,
+    ) -> Instant {
+        let later = t0 + Duration::from_secs(60);
+        let first = pool.serving(slot).unwrap();
+        pool.exited(fx, first, WaitStatus::Exited(first, 1), later);
+        pool.tick(fx, later);
+        let second = pool.serving(slot).unwrap();
+        pool.exited(fx, second, WaitStatus::Exited(second, 3), later);
+        let gave_up = pool.take_gave_up();
+        assert_eq!((gave_up[0].slot, gave_up[0].pool_fails), (slot, false));
+        fx.take();
+        later
+    }
+
+    #[test]
+    fn a_failed_replacement_does_not_count_toward_giving_up() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = pool_giving_up(notified(), 1, 1, &mut fx, t0);
+        pool.notified_ready(&mut fx, pid(1).as_raw(), None, t0);
+        for n in 2..=4 {
+            pool.reload(&mut fx, None, t0).unwrap();
+            pool.exited(&mut fx, pid(n), exit(n, 3), t0);
+            assert!(pool.take_outcomes()[0].failure.is_some());
+        }
+        assert!(pool.take_gave_up().is_empty());
+        assert_eq!(pool.serving(0), Some(pid(1)));
+    }
+
+    #[test]
+    fn scaling_down_removes_a_failed_slot_and_scaling_up_starts_fresh_ones() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = command_pool(2, 1, t0);
+        let later = give_up_after_a_stable_run(&mut pool, &mut fx, 1, t0);
+        pool.scale(&mut fx, 1, later).unwrap();
+        assert_eq!(fx.take(), [Call::Removed(1)]);
+        pool.scale(&mut fx, 2, later).unwrap();
+        assert_eq!(
+            fx.take(),
+            [
+                Call::Start(1, pid(4)),
+                Call::Serve(1, pid(4)),
+                Call::Added(1)
+            ]
+        );
+    }
+
+    #[test]
+    fn exits_during_a_stop_give_nothing_up() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = command_pool(2, 1, t0);
+        pool.stop(&mut fx, t0);
+        pool.exited(&mut fx, pid(1), exit(1, 3), t0);
+        pool.exited(&mut fx, pid(2), exit(2, 3), t0);
+        assert!(pool.take_gave_up().is_empty());
+        assert!(pool.finished(t0));
     }
 
     #[test]

@@ -141,6 +141,16 @@ impl WorkerProgram {
     pub fn display(&self) -> String {
         String::from_utf8_lossy(self.path.as_bytes()).into_owned()
     }
+
+    /// The command line, quoted so that a shell runs it as given: what a person types to run
+    /// it by hand.
+    #[must_use]
+    pub fn command_line(&self) -> String {
+        let words = self.argv.iter().map(|word| word.as_bytes());
+        // The words are C strings: no NUL byte, the only thing quoting refuses.
+        let quoted = shlex::bytes::try_join(words).unwrap_or_default();
+        String::from_utf8_lossy(&quoted).into_owned()
+    }
 }
 
 /// Finds `program` the way execvp would: a name with a slash is a path, anything else is looked
@@ -493,6 +503,21 @@ mod tests {
         let err = WorkerProgram::command(&[plain_file.clone().into()]).unwrap_err();
         std::fs::remove_file(&plain_file).unwrap();
         assert!(matches!(err, SpawnError::NotExecutable { .. }), "{err}");
+    }
+
+    #[test]
+    fn command_lines_read_as_typed() {
+        let program = |argv: &[&str]| {
+            WorkerProgram::command(&argv.iter().map(OsString::from).collect::<Vec<_>>()).unwrap()
+        };
+        assert_eq!(
+            program(&["sh", "-c", "echo boom >&2; exit 3"]).command_line(),
+            "sh -c 'echo boom >&2; exit 3'"
+        );
+        assert_eq!(
+            WorkerProgram::demo().unwrap().command_line(),
+            "cluster worker"
+        );
     }
 
     #[test]
