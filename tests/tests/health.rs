@@ -6,7 +6,8 @@
 //!   exactly its own addresses again);
 //! - with `--hang-timeout 5` it is killed and replaced, and the connections queued on it are
 //!   migrated and served: clients whose timeout (20 s) is above the hang timeout see no failure,
-//!   since it had accepted nothing before it stopped;
+//!   since it had accepted nothing before it stopped; stopped under load, it costs no more than
+//!   the requests it had accepted;
 //! - a single-threaded COMMAND busy with one 4 s request is stalled meanwhile, not killed, and
 //!   takes its share again afterwards.
 //!
@@ -20,7 +21,9 @@ use std::{
 };
 
 use cluster_tests::{
-    Cluster, Failure, NetNs, PYTHON_SERVER, Reply, get, process_gone, require_root,
+    Cluster, Failure, NetNs, PYTHON_SERVER, Reply, get,
+    load::{Load, Reuse},
+    process_gone, require_root,
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -301,6 +304,46 @@ fn a_hung_worker_is_killed_and_its_queue_served_sticky() {
 #[test]
 fn a_hung_worker_is_killed_and_its_queue_served_least_conn() {
     hung_is_killed("least-conn");
+}
+
+/// Under load (4 clients, a new connection per request, 20 s timeouts), slot 1's worker is
+/// stopped, stalls, and is killed at the 5 s hang timeout. The clients see no failure beyond the
+/// requests it had accepted before it stopped: its socket's open connections minus the queued
+/// ones when it stalled. The queued ones are migrated and served.
+#[test]
+fn a_worker_stopped_under_load_costs_only_what_it_had_accepted() {
+    require_root();
+    NetNs::isolated(|ns| {
+        let cluster = ns.start_cluster(&["--workers", "4", "--hang-timeout", "5"]);
+        let load = Load::start(cluster.addr(), "/", 4, Reuse::NewConnection);
+        assert!(load.wait_for_answers(200, PATIENCE), "{}", cluster.log());
+        let pid = pid_of(&cluster.status(), STUCK_SLOT).expect("slot 1 serves");
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP the worker");
+        let stalled = wait_for(&cluster, "the stopped worker stalled", |status| {
+            row(status, pid).filter(|r| r["phase"] == "stalled")
+        });
+        let open = stalled["open"].as_i64().expect("open");
+        let queued = i64::try_from(stalled["queued"].as_u64().expect("queued")).expect("queued");
+        let accepted = u64::try_from(open - queued).unwrap_or(0);
+        let replacement = wait_for(&cluster, "a replacement in slot 1", |status| {
+            pid_of(status, STUCK_SLOT).filter(|&p| p != pid)
+        });
+        assert!(load.wait_for_answers(200, PATIENCE), "{}", cluster.log());
+        let tally = load.stop();
+        assert!(
+            tally.failed <= accepted,
+            "{} failed, but the worker had accepted only {accepted} ({open} open, {queued} queued): {:?}\n{}",
+            tally.failed,
+            tally.failures,
+            cluster.log()
+        );
+        assert!(
+            tally.by_pid.contains_key(&replacement),
+            "the replacement answered nothing: {tally:?}"
+        );
+        let (exit, log) = cluster.stop();
+        assert!(exit.success(), "{log}");
+    });
 }
 
 /// A single-threaded COMMAND that spends 4 s on one request is stalled while connections wait
