@@ -1,5 +1,5 @@
 //! `cargo xtask`: project tasks. `setup` installs what the eBPF build needs; `build`, `run`,
-//! `lint` and `test` run it first, then cargo with bpf-linker on PATH.
+//! `load`, `lint` and `test` run it first, then cargo with bpf-linker on PATH.
 
 mod cost;
 mod setup;
@@ -8,7 +8,7 @@ use std::{
     env,
     ffi::{OsStr, OsString},
     os::unix::process::CommandExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
 
@@ -20,6 +20,8 @@ commands:
   setup                 install what the eBPF build needs (nightly rust-src, bpf-linker)
   build [ARGS]          build the host crates (the eBPF program is built by their build.rs)
   run [--debug] -- ARGS build (release unless --debug) and run `cluster run ARGS`
+  load URL [ARGS]       build (release) and run the load generator `cluster-load URL ARGS`
+                        (`cargo xtask load --help` lists its options)
   lint                  clippy (host crates and the eBPF crate) and rustdoc, warnings denied
   test [ARGS]           build and run every test (the integration tests need root)
   cost [--workers N] [--seconds S] [--clients C] [--rounds R]
@@ -49,7 +51,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
     }
     if !matches!(
         command,
-        "setup" | "build" | "run" | "lint" | "test" | "cost"
+        "setup" | "build" | "run" | "load" | "lint" | "test" | "cost"
     ) {
         bail!("unknown command `{command}`\n\n{USAGE}");
     }
@@ -64,6 +66,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
         }
         "build" => setup::run(tasks.cargo("build").args(HOST_CRATES).args(rest)),
         "run" => tasks.run_cluster(rest),
+        "load" => tasks.run_load(rest),
         "lint" => tasks.lint(),
         "cost" => {
             let options = cost::Options::parse(rest)?;
@@ -123,21 +126,19 @@ impl Tasks {
 
     /// Builds the `cluster` binary with `profile` and returns its path.
     fn build_cluster(&self, profile: &str) -> Result<PathBuf> {
+        self.build_binary("cluster-userspace", "cluster", profile)
+    }
+
+    /// Builds binary `bin` of `package` with `profile` and returns its path.
+    fn build_binary(&self, package: &str, bin: &str, profile: &str) -> Result<PathBuf> {
         let mut cargo = self.cargo("build");
-        cargo.args([
-            "--package",
-            "cluster-userspace",
-            "--bin",
-            "cluster",
-            "--profile",
-            profile,
-        ]);
+        cargo.args(["--package", package, "--bin", bin, "--profile", profile]);
         setup::run(&mut cargo)?;
         let target =
             env::var_os("CARGO_TARGET_DIR").map_or(self.root.join("target"), PathBuf::from);
         // Cargo puts the `dev` profile in `debug/`.
         let dir = if profile == "dev" { "debug" } else { profile };
-        Ok(target.join(dir).join("cluster"))
+        Ok(target.join(dir).join(bin))
     }
 
     /// Builds `cluster` and replaces this process with `cluster run ARGS`, so signals (Ctrl-C)
@@ -147,8 +148,15 @@ impl Tasks {
         let args = if debug { &args[1..] } else { args };
         let args = args.strip_prefix(&[OsString::from("--")]).unwrap_or(args);
         let binary = self.build_cluster(if debug { "dev" } else { "release" })?;
-        let err = Command::new(&binary).arg("run").args(args).exec();
-        Err(err).with_context(|| format!("could not start {}", binary.display()))
+        exec(Command::new(binary).arg("run").args(args))
+    }
+
+    /// Builds the load generator in release and replaces this process with `cluster-load ARGS`,
+    /// so its output, Ctrl-C and exit status (2 for a bad command line) are its own.
+    fn run_load(&self, args: &[OsString]) -> Result<()> {
+        let args = args.strip_prefix(&[OsString::from("--")]).unwrap_or(args);
+        let binary = self.build_binary("cluster-load", "cluster-load", "release")?;
+        exec(Command::new(binary).args(args))
     }
 
     fn lint(&self) -> Result<()> {
@@ -194,4 +202,15 @@ impl Tasks {
                 .args(args),
         )
     }
+}
+
+/// Replaces this process with `command`; returns only if it could not be started.
+fn exec(command: &mut Command) -> Result<()> {
+    let err = command.exec();
+    Err(err).with_context(|| {
+        format!(
+            "could not start {}",
+            Path::new(command.get_program()).display()
+        )
+    })
 }
