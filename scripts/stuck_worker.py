@@ -14,35 +14,29 @@ sup = subprocess.Popen([binary, "run", "--workers", "4", "--listen", f"127.0.0.1
 def status():
     out = subprocess.run([binary, "status", "--json", "--pid", str(sup.pid)], capture_output=True, text=True)
     return json.loads(out.stdout) if out.returncode == 0 else None
+def get(timeout):
+    """One GET / on a new connection; the whole answer (raises OSError on a failure)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
+        c.settimeout(timeout)
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := c.recv(4096):
+            data += chunk
+        return data
 try:
     for _ in range(100):
         s = status()
         if s and s["serving"] == 4: break
         time.sleep(0.1)
     # Stop the worker that answers 127.0.0.1 (the one sticky sends this client to).
-    c = socket.create_connection(("127.0.0.1", port), timeout=5)
-    c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    head = b""
-    while True:
-        chunk = c.recv(4096)
-        if not chunk: break
-        head += chunk
+    head = get(5)
     pid = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"x-worker-pid")][0])
     os.kill(pid, signal.SIGSTOP)
     failed = 0
     start = time.time()
     for i in range(200):
         try:
-            c = socket.create_connection(("127.0.0.1", port), timeout=2)
-            c.settimeout(2)
-            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = c.recv(4096)
-                if not chunk: break
-                data += chunk
-            if not data.startswith(b"HTTP/1.1 200"): failed += 1
-            c.close()
+            if not get(2).startswith(b"HTTP/1.1 200"): failed += 1
         except OSError:
             failed += 1
     print(f"{mode} {' '.join(extra)}: failed {failed}/200 in {time.time()-start:.1f}s")
