@@ -2,7 +2,7 @@
 //! program's counters; `reload`, `drain`, `scale` and `stop` act and report; the socket is
 //! private (mode 0600 in a 0700 directory, other users refused); subcommands find the only
 //! supervisor and ask when there are several; every bad input gets a one-line error and leaves
-//! the pool serving.
+//! the pool serving; a flood of silent clients is capped and costs nobody else more than a wait.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -209,6 +209,27 @@ fn the_control_socket_is_private() {
     as_nobody(&mut command);
     assert_fails_with(&run_captured(command), "refused: uid 65534");
     assert_eq!(get(open.addr(), "/", None).unwrap().status, 200);
+}
+
+#[test]
+fn a_flood_of_silent_clients_is_capped_and_the_socket_answers_again_after() {
+    require_root();
+    let cluster = Cluster::start(&["--workers", "1"]);
+    let path = control_path(&cluster);
+    // As many silent clients as are served at once (`MAX_CONNECTIONS`), then one more.
+    let silent: Vec<UnixStream> = (0..64)
+        .map(|_| UnixStream::connect(&path).expect("connect"))
+        .collect();
+    assert_fails_with(
+        &cluster.control(&["status"]),
+        "closed the connection without answering",
+    );
+    drop(silent);
+    wait_until(
+        || cluster.control(&["status"]).status.success(),
+        "status answered once the silent clients left",
+    );
+    assert_eq!(get(cluster.addr(), "/", None).unwrap().status, 200);
 }
 
 #[test]

@@ -43,10 +43,19 @@ pub fn call(path: &Path, request: &Request) -> Result<Answer, ControlError> {
     let mut answer = String::new();
     let read = BufReader::new(stream).read_line(&mut answer);
     if answer.is_empty() {
-        sent.map_err(io_error("sending to the control socket"))?;
-        read.map_err(io_error("reading from the control socket"))?;
+        // A supervisor that closes without reading the request resets the connection.
+        let closed = |kind| {
+            matches!(
+                kind,
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            )
+        };
+        if !read.as_ref().is_err_and(|e| closed(e.kind())) {
+            sent.map_err(io_error("sending to the control socket"))?;
+            read.map_err(io_error("reading from the control socket"))?;
+        }
         return Err(ControlError::BadAnswer(
-            "the supervisor closed the connection without answering (it exited?)".to_owned(),
+            "the supervisor closed the connection without answering: it exited, or serves too many control connections at once (try again)".to_owned(),
         ));
     }
     let answer: Answer =

@@ -1,19 +1,22 @@
 //! The supervisor's side of the control socket: accepts connections, refuses peers of another
 //! uid than the supervisor's (except root, by SO_PEERCRED), reads one bounded request line with
 //! a timeout, and hands it to the event loop as a [`Pending`] request, whose answer it writes
-//! back. Every connection is its own task, so a slow or silent client never holds up the loop.
+//! back. Every connection is its own task, so a slow or silent client never holds up the loop;
+//! at most [`MAX_CONNECTIONS`] are served at once, and each gets [`IO_TIMEOUT`] to send its
+//! request and to take its answer, so a flood of idle clients costs bounded memory.
 
 use std::{
     fs, io,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     time::timeout,
 };
 use tracing::{debug, warn};
@@ -23,8 +26,10 @@ use super::{
     protocol::{Answer, MAX_REQUEST, Request},
 };
 
-/// How long a client gets to send its request line.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client gets to send its request line, and to read its answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; one more is closed at once, with a warning.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// A request waiting for the event loop's answer.
 #[derive(Debug)]
@@ -50,6 +55,8 @@ pub struct ControlServer {
     uid: u32,
     sender: mpsc::Sender<Pending>,
     receiver: mpsc::Receiver<Pending>,
+    /// One permit per connection being served.
+    permits: Arc<Semaphore>,
 }
 
 impl ControlServer {
@@ -101,6 +108,7 @@ impl ControlServer {
             uid: nix::unistd::Uid::effective().as_raw(),
             sender,
             receiver,
+            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         })
     }
 
@@ -116,9 +124,15 @@ impl ControlServer {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        tokio::spawn(serve(stream, self.uid, self.sender.clone()));
-                    }
+                    Ok((stream, _)) => match Arc::clone(&self.permits).try_acquire_owned() {
+                        Ok(permit) => {
+                            tokio::spawn(serve(stream, self.uid, self.sender.clone(), permit));
+                        }
+                        Err(_) => warn!(
+                            limit = MAX_CONNECTIONS,
+                            "control connection closed: too many served at once"
+                        ),
+                    },
                     Err(err) => {
                         warn!(error = %err, "accepting on the control socket failed");
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -137,7 +151,13 @@ impl Drop for ControlServer {
 }
 
 /// Serves one connection: checks the peer, reads the request, waits for the answer, writes it.
-async fn serve(stream: UnixStream, own_uid: u32, requests: mpsc::Sender<Pending>) {
+/// `_permit` counts it among the connections served until it ends.
+async fn serve(
+    stream: UnixStream,
+    own_uid: u32,
+    requests: mpsc::Sender<Pending>,
+    _permit: OwnedSemaphorePermit,
+) {
     let peer = stream.peer_cred().ok();
     let peer_pid = peer.and_then(|c| c.pid());
     let (read, mut write) = stream.into_split();
@@ -172,20 +192,22 @@ async fn serve(stream: UnixStream, own_uid: u32, requests: mpsc::Sender<Pending>
     };
     let mut line = serde_json::to_string(&answer).unwrap_or_else(|_| "{\"ok\":false}".to_owned());
     line.push('\n');
-    let _ = write.write_all(line.as_bytes()).await;
+    if timeout(IO_TIMEOUT, write.write_all(line.as_bytes()))
+        .await
+        .is_err()
+    {
+        debug!(peer_pid, "control client did not take its answer in time");
+    }
 }
 
-/// Reads one request line: at most [`MAX_REQUEST`] bytes, within [`READ_TIMEOUT`].
+/// Reads one request line: at most [`MAX_REQUEST`] bytes, within [`IO_TIMEOUT`].
 async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, String> {
     let limit = u64::try_from(MAX_REQUEST).unwrap_or(u64::MAX);
     let mut reader = BufReader::new(read).take(limit);
     let mut line = String::new();
-    match timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
+    match timeout(IO_TIMEOUT, reader.read_line(&mut line)).await {
         Err(_) => {
-            return Err(format!(
-                "no request line within {}s",
-                READ_TIMEOUT.as_secs()
-            ));
+            return Err(format!("no request line within {}s", IO_TIMEOUT.as_secs()));
         }
         Ok(Err(err)) => return Err(format!("malformed request: {err}")),
         Ok(Ok(_)) => {}
