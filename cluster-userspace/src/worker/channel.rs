@@ -31,6 +31,9 @@ pub enum Incoming {
 pub struct Channel {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
+    /// The line read so far: kept across calls, so a [`Channel::recv`] cancelled halfway (a
+    /// `select!` branch that lost) loses nothing.
+    partial: Vec<u8>,
 }
 
 impl Channel {
@@ -47,22 +50,33 @@ impl Channel {
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let std_stream = std::os::unix::net::UnixStream::from(owned);
         std_stream.set_nonblocking(true)?;
-        let (read, writer) = UnixStream::from_std(std_stream)?.into_split();
-        Ok(Some(Self {
+        Ok(Some(Self::new(UnixStream::from_std(std_stream)?)))
+    }
+
+    fn new(stream: UnixStream) -> Self {
+        let (read, writer) = stream.into_split();
+        Self {
             reader: BufReader::new(read),
             writer,
-        }))
+            partial: Vec::new(),
+        }
     }
 
     /// The next thing the supervisor says; `None` once it closed the channel. Lines that are
-    /// not JSON, or of an unknown type, are skipped.
+    /// not JSON, or of an unknown type, are skipped. Cancel-safe: `read_until` appends what it
+    /// read to `partial` before it can be cancelled, and the next call goes on from there.
     pub async fn recv(&mut self) -> io::Result<Option<Incoming>> {
         loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line).await? == 0 {
+            if self.reader.read_until(b'\n', &mut self.partial).await? == 0 {
                 return Ok(None);
             }
-            if let Some(incoming) = parse(&line) {
+            if !self.partial.ends_with(b"\n") {
+                // The channel closed in the middle of a line: what came is all there is.
+                self.partial.clear();
+                return Ok(None);
+            }
+            let line = std::mem::take(&mut self.partial);
+            if let Some(incoming) = parse(&String::from_utf8_lossy(&line)) {
                 return Ok(Some(incoming));
             }
         }
@@ -88,6 +102,31 @@ fn parse(line: &str) -> Option<Incoming> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_cancelled_recv_loses_nothing() {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let mut channel = Channel::new(theirs);
+        let (_, mut supervisor) = ours.into_split();
+        supervisor
+            .write_all(b"{\"type\":\"message\",")
+            .await
+            .expect("write");
+        let cancelled =
+            tokio::time::timeout(std::time::Duration::from_millis(50), channel.recv()).await;
+        assert!(cancelled.is_err(), "a half line is no message");
+        supervisor
+            .write_all(b"\"message\":7}\n{\"type\":\"drain\"}\n")
+            .await
+            .expect("write");
+        assert_eq!(
+            channel.recv().await.expect("recv"),
+            Some(Incoming::Message(serde_json::json!(7)))
+        );
+        assert_eq!(channel.recv().await.expect("recv"), Some(Incoming::Drain));
+        drop(supervisor);
+        assert_eq!(channel.recv().await.expect("recv"), None);
+    }
 
     #[test]
     fn lines_parse() {
