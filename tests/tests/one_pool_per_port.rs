@@ -58,6 +58,33 @@ fn a_pool_started_on_a_running_pools_address_fails() {
     assert!(status.success(), "{log}");
 }
 
+/// `sudo -E` keeps the user's `XDG_RUNTIME_DIR`, so root's control sockets land elsewhere; the
+/// address lock must not: two root pools started at once with different runtime directories still
+/// yield one pool.
+#[test]
+fn root_pools_with_different_runtime_dirs_still_exclude_each_other() {
+    require_root();
+    let runtime = std::env::temp_dir().join(format!("cluster-xdg-{}", std::process::id()));
+    std::fs::create_dir_all(&runtime).expect("runtime dir");
+    for round in 0..3 {
+        let listen = free_local_addr().to_string();
+        let mut other = cluster_command(&["run", "--listen", &listen, "--workers", "1"]);
+        other
+            .env("RUST_LOG", "info")
+            .env("XDG_RUNTIME_DIR", &runtime);
+        let mut pools = [pool(&listen), Cluster::spawn_command(other)];
+        let ready: Vec<bool> = pools.iter_mut().map(settles_ready).collect();
+        let [a, b] = pools;
+        let ((_, log_a), (_, log_b)) = (a.stop(), b.stop());
+        assert_eq!(
+            ready.iter().filter(|&&r| r).count(),
+            1,
+            "round {round}: pools ready on {listen}: {ready:?}\n--- default ---\n{log_a}\n--- XDG_RUNTIME_DIR ---\n{log_b}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&runtime);
+}
+
 #[test]
 fn of_two_pools_started_at_once_on_one_address_only_one_serves() {
     require_root();

@@ -3,12 +3,15 @@
 //! second pool of the same user could pass the same check and then join the first pool's
 //! reuseport group: both would log `ready`, and whichever attached its program last would take
 //! every connection. Each supervisor therefore holds an exclusive lock (flock(2)) on a file named
-//! after its network namespace and address, in its private runtime directory, for as long as it
-//! runs.
+//! after its network namespace and address, for as long as it runs. The directory depends on
+//! the user alone (`/run/cluster` for root, whatever `XDG_RUNTIME_DIR` says, so `sudo -E` finds
+//! the same locks as `sudo`): reuseport groups only join sockets of one uid, so that is the
+//! scope that matters.
 
 use std::{
     fs::File,
     net::SocketAddr,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -37,7 +40,7 @@ pub enum LockError {
 impl AddressLock {
     /// Takes the lock for `addr` in this network namespace.
     pub fn take(addr: SocketAddr) -> Result<Self, LockError> {
-        let dir = paths::runtime_dir();
+        let dir = lock_dir();
         paths::ensure_private_dir(&dir)?;
         let path = dir.join(file_name(&network_namespace(), addr));
         let io_error = |op, source| ControlError::Io {
@@ -45,17 +48,38 @@ impl AddressLock {
             path: path.clone(),
             source,
         };
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_error("opening the address lock", e))?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(Self { _lock: lock, path }),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(LockError::Taken { addr, path }),
-            Err((_, errno)) => Err(io_error("locking the address (flock)", errno.into()).into()),
+        // A holder removes the file as it lets go. A file opened just before that removal and
+        // locked just after is no longer the one at `path`, and another process may lock a new
+        // file there: the lock counts only if `path` still names the locked file; otherwise try
+        // again with the file that is there now.
+        for _ in 0..8 {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_error("opening the address lock", e))?;
+            let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => lock,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    return Err(LockError::Taken { addr, path });
+                }
+                Err((_, errno)) => {
+                    return Err(io_error("locking the address (flock)", errno.into()).into());
+                }
+            };
+            let locked = lock
+                .metadata()
+                .map_err(|e| io_error("reading the address lock", e))?;
+            if std::fs::metadata(&path).is_ok_and(|now| now.ino() == locked.ino()) {
+                return Ok(Self { _lock: lock, path });
+            }
         }
+        Err(io_error(
+            "locking the address (flock)",
+            std::io::Error::other("the lock file kept being replaced; try again"),
+        )
+        .into())
     }
 
     /// The lock file.
@@ -68,6 +92,15 @@ impl AddressLock {
 impl Drop for AddressLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Where the address locks are: `/run/cluster` for root, the runtime directory for other users.
+fn lock_dir() -> PathBuf {
+    if nix::unistd::Uid::effective().is_root() {
+        PathBuf::from("/run/cluster")
+    } else {
+        paths::runtime_dir()
     }
 }
 
