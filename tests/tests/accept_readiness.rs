@@ -115,11 +115,9 @@ fn a_worker_still_loading_stays_starting_and_ready_comes_once_both_accept() {
     });
 }
 
-#[test]
-fn a_command_that_dies_at_start_never_makes_the_pool_ready() {
-    require_root();
-    let mut command = cluster_run(&["--workers", "2", "--max-restarts", "2", "--min-uptime", "1"]);
-    command.args(["--", "sh", "-c", "exit 3"]);
+/// Runs `command` to its end: the supervisor must give up with status 4, never having reported
+/// a worker or the pool ready.
+fn assert_never_ready(command: std::process::Command) {
     let out = run_captured(command);
     assert_eq!(out.status.code(), Some(EXIT_CANNOT_START), "{}", out.stderr);
     assert!(
@@ -128,6 +126,14 @@ fn a_command_that_dies_at_start_never_makes_the_pool_ready() {
         out.stderr
     );
     assert!(!out.stderr.contains("worker ready"), "{}", out.stderr);
+}
+
+#[test]
+fn a_command_that_dies_at_start_never_makes_the_pool_ready() {
+    require_root();
+    let mut command = cluster_run(&["--workers", "2", "--max-restarts", "2", "--min-uptime", "1"]);
+    command.args(["--", "sh", "-c", "exit 3"]);
+    assert_never_ready(command);
 }
 
 #[test]
@@ -143,12 +149,5 @@ fn a_command_that_never_accepts_is_killed_at_its_ready_timeout_and_never_ready()
     ]);
     // Runs, holds its socket, never accepts.
     command.args(["--", "sleep", "600"]);
-    let out = run_captured(command);
-    assert_eq!(out.status.code(), Some(EXIT_CANNOT_START), "{}", out.stderr);
-    assert!(
-        ready_line(&out.stderr).is_none(),
-        "the pool was reported ready:\n{}",
-        out.stderr
-    );
-    assert!(!out.stderr.contains("worker ready"), "{}", out.stderr);
+    assert_never_ready(command);
 }

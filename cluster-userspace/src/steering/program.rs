@@ -299,17 +299,7 @@ impl SteeringProgram {
         self.socket_stats
             .set(id, SocketStats::default(), 0)
             .map_err(|e| other("resetting SOCKET_STATS", &e))?;
-        self.socket_tags
-            .insert(
-                &socket.as_raw_fd(),
-                SocketTag {
-                    slot,
-                    id,
-                    probe_port: 0,
-                },
-                0,
-            )
-            .map_err(|e| other("tagging the socket (SOCKET_TAGS)", &e))?;
+        self.retag(slot, socket, SocketId(id), 0)?;
         Ok(SocketId(id))
     }
 
@@ -354,6 +344,7 @@ impl SteeringProgram {
         self.write_config()
     }
 
+    /// Tags `socket` with its slot, id and probe port (0 for none).
     fn retag(
         &mut self,
         slot: u32,
