@@ -49,6 +49,12 @@ pub mod map_names {
     pub const SOCKET_TAGS: &str = "SOCKET_TAGS";
     /// `PERCPU_ARRAY` of [`crate::event::COUNT`] u64 event counters.
     pub const EVENTS: &str = "EVENTS";
+    /// `REUSEPORT_SOCKARRAY`: slot → the socket of its starting worker while a readiness probe
+    /// is pending for it. A socket can occupy one index of any such map only (the kernel keeps
+    /// the index in `sk_user_data`): cleared before the socket is stored in `SOCKETS`.
+    pub const PROBES: &str = "PROBES";
+    /// `HASH`: a pending probe's source port (network byte order, in a u32) → its slot.
+    pub const PROBE_PORTS: &str = "PROBE_PORTS";
 }
 
 /// Steering modes the program implements (`Config::mode`).
@@ -133,6 +139,9 @@ pub struct Config {
     pub live_count: u32,
     /// How sticky mode hashes a client address.
     pub sticky: StickyHash,
+    /// How many readiness probes are pending (`PROBE_PORTS` entries). While it is 0 the program
+    /// never looks at a connection's source port.
+    pub probing: u32,
 }
 
 /// Sticky mode's hash of a client address: keyed with a secret chosen at random for each pool,
@@ -223,6 +232,8 @@ pub struct SocketStats {
     pub open: u64,
     /// Connections established on it since it was opened.
     pub connections: u64,
+    /// Readiness probes established on it: counted here only, never in the fields above.
+    pub probes: u64,
 }
 
 /// What a listening socket carries in `SOCKET_TAGS`, and every connection it accepts with it.
@@ -232,10 +243,13 @@ pub struct SocketTag {
     pub slot: u32,
     /// The socket's id, below [`MAX_SOCKETS`].
     pub id: u32,
+    /// The source port of the readiness probe sent to it (network byte order, in a u32), 0 when
+    /// none: a connection from that port is the probe, counted apart from the worker's own.
+    pub probe_port: u32,
 }
 
 #[cfg(feature = "user")]
-// SAFETY: all are `repr(C)` structs of integers with no padding (`Config` is six u32s).
+// SAFETY: all are `repr(C)` structs of integers with no padding (`Config` is seven u32s).
 unsafe impl aya::Pod for Config {}
 #[cfg(feature = "user")]
 // SAFETY: as above.

@@ -19,7 +19,13 @@
 //! listener once as it reaches ESTABLISHED and once as it leaves it, per socket (open now, and
 //! in all) and per slot. The tag (`SOCKET_TAGS`) is socket storage that the kernel copies from a
 //! listener to each connection it accepts; sockets without it (clients, other servers) are left
-//! alone at the cost of one storage lookup.
+//! alone at the cost of one storage lookup. A listener's readiness probe (the tag names its
+//! source port) is counted apart, in `probes`.
+//!
+//! Readiness probes: while `CONFIG.probing` is non-zero, a connection whose source port is in
+//! `PROBE_PORTS` goes to that slot's starting socket in `PROBES` (the supervisor's proof that a
+//! starting worker accepts), and is reset rather than sent elsewhere. With no probe pending the
+//! program reads nothing more than before.
 //!
 //! Fallbacks, in order, for every helper failure:
 //! 1. `bpf_sk_select_reuseport` fails (slot emptied since user space wrote the live table, or a
@@ -56,10 +62,16 @@ use core::{
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{bpf_hdr_start_off::BPF_HDR_START_NET, sk_action::SK_PASS},
-    helpers::generated::{bpf_get_prandom_u32, bpf_sk_storage_get, bpf_skb_load_bytes_relative},
+    bindings::{
+        bpf_hdr_start_off::BPF_HDR_START_NET,
+        sk_action::{SK_DROP, SK_PASS},
+    },
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_prandom_u32, bpf_sk_storage_get, bpf_skb_load_bytes_relative},
+    },
     macros::{btf_map, btf_tracepoint, map, sk_reuseport},
-    maps::{Array, PerCpuArray, ReusePortSockArray},
+    maps::{Array, HashMap, PerCpuArray, ReusePortSockArray},
     programs::{BtfTracePointContext, SkReuseportContext, SockContext},
 };
 use cluster_common::{
@@ -88,6 +100,10 @@ static SLOT_SOCKET: Array<u32> = Array::with_max_entries(MAX_SLOTS, 0);
 static SOCKET_STATS: Array<SocketStats> = Array::with_max_entries(MAX_SOCKETS, 0);
 #[map]
 static HELD: Array<u32> = Array::with_max_entries(MAX_SLOTS, 0);
+#[map]
+static PROBES: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
+#[map]
+static PROBE_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SLOTS, 0);
 
 /// An `SK_STORAGE` map definition in the BTF form the loader reads (aya-obj `parse_btf_map_def`):
 /// each member's array length is the value. aya-ebpf's own `SkStorage` fixes its flags at
@@ -117,6 +133,10 @@ static SOCKET_TAGS: CloningSkStorage<SocketTag> = CloningSkStorage {
 
 /// Offset of the flags byte in the TCP header; `data` starts at the TCP header.
 const TCP_FLAGS: usize = 13;
+/// Offset of the remote port (`skc_dport`, network byte order) in `struct sock`: after
+/// `skc_addrpair` (8 bytes) and `skc_hash` (4) at the start of `struct sock_common`
+/// (include/net/sock.h), unchanged since the struct was introduced.
+const SK_DPORT: usize = 12;
 
 /// `skb->protocol` as the context carries it: the ethertype in network byte order.
 const ETH_P_IP: u32 = u16::to_be(0x0800) as u32;
@@ -169,6 +189,17 @@ fn select(ctx: &SkReuseportContext, migration_aware: bool) -> u32 {
         config.live_count
     };
     if migration_aware && let Some(migrating) = ctx.migrating_sk() {
+        // A probe waiting on a starting worker's socket that closes is not moved to a serving
+        // worker, which would see (and count) a connection nobody made: it is reset.
+        // SAFETY: `sock` is the non-NULL `migrating_sk`; `dst_port` is a field the verifier
+        // allows on it (net/core/filter.c `bpf_sock_common_is_valid_access`).
+        if config.probing != 0
+            && is_probe(u32::from(unsafe {
+                ptr::read_volatile(&raw const (*migrating.sock).dst_port)
+            }))
+        {
+            return SK_DROP;
+        }
         // Two of the three migration paths carry no packet: the client's address is read from
         // the connection being moved.
         if config.mode == mode::STICKY {
@@ -191,6 +222,11 @@ fn select(ctx: &SkReuseportContext, migration_aware: bool) -> u32 {
             return SK_PASS;
         }
     };
+    if config.probing != 0
+        && let Some(verdict) = steer_probe(ctx)
+    {
+        return verdict;
+    }
     if config.mode == mode::STICKY {
         let hash = match source_address_hash(ctx, &config.sticky) {
             Some(hash) => hash,
@@ -230,6 +266,34 @@ fn segment(ctx: &SkReuseportContext) -> Segment {
     // SAFETY: the byte lies between `data` and `data_end`, checked just above.
     let flags = unsafe { *((data + TCP_FLAGS) as *const u8) };
     Segment::from_flags(flags)
+}
+
+/// A readiness probe, known by its source port, goes to its starting worker's socket (not in
+/// `SOCKETS` yet) and counts nowhere here; one whose socket is gone is reset rather than sent to
+/// a serving worker. `None` for any other connection. Runs only while probes are pending.
+#[inline(always)]
+fn steer_probe(ctx: &SkReuseportContext) -> Option<u32> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + 2 > end {
+        return None;
+    }
+    // SAFETY: the source port (the TCP header's first two bytes) lies between `data` and
+    // `data_end`, checked just above; kept in network byte order, as user space writes it.
+    let port = u32::from(unsafe { ptr::read_unaligned(data as *const u16) });
+    // SAFETY: a plain lookup; the value is copied out at once.
+    let slot = *unsafe { PROBE_PORTS.get(port) }?;
+    Some(if PROBES.select_reuseport(ctx, slot).is_ok() {
+        SK_PASS
+    } else {
+        SK_DROP
+    })
+}
+
+/// Whether `port` (network byte order) is a pending probe's source port.
+#[inline(always)]
+fn is_probe(port: u32) -> bool {
+    // SAFETY: a plain lookup.
+    unsafe { PROBE_PORTS.get(port) }.is_some()
 }
 
 /// Least-conn: the live position `first` (the rotation's) against a random other one; the one
@@ -425,10 +489,25 @@ pub fn count_connections(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     // SAFETY: non-null, so it points at the tag the kernel keeps for this socket.
-    let SocketTag { slot, id } = unsafe { *tag };
+    let SocketTag {
+        slot,
+        id,
+        probe_port,
+    } = unsafe { *tag };
     let Some(stats) = SOCKET_STATS.get_ptr_mut(id) else {
         return 0;
     };
+    if probe_port != 0 && remote_port(sk) == probe_port {
+        // The supervisor's readiness probe: counted apart, so the counters stay what the
+        // worker's own clients made.
+        if entering {
+            // SAFETY: as below.
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*stats).probes, 1)
+            };
+        }
+        return 0;
+    }
     // SAFETY: pointers to aligned u64 fields of a live map value; other CPUs update the same
     // value, hence the atomic adds. Adding u64::MAX subtracts one.
     unsafe {
@@ -445,6 +524,15 @@ pub fn count_connections(ctx: BtfTracePointContext) -> i32 {
         unsafe { (*slot_stats).connections += 1 };
     }
     0
+}
+
+/// The remote port of a connection (network byte order, in a u32); 0 when it cannot be read.
+#[inline(always)]
+fn remote_port(sk: *mut c_void) -> u32 {
+    // SAFETY: `sk` is the tracepoint's `struct sock *`; the helper copies two bytes of it, or
+    // fails without touching anything.
+    unsafe { bpf_probe_read_kernel(sk.cast::<u8>().add(SK_DPORT).cast::<u16>()) }
+        .map_or(0, u32::from)
 }
 
 #[inline(always)]

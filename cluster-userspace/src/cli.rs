@@ -186,12 +186,15 @@ pub struct RunArgs {
     pub reload_batch: u32,
 
     /// With a COMMAND: count a worker as serving only once it sends `READY=1` to
-    /// `$NOTIFY_SOCKET` (sd_notify(3)), like PM2's `wait_ready`; without this flag, once it has
-    /// started. The demo worker always reports readiness.
+    /// `$NOTIFY_SOCKET` (sd_notify(3)), like PM2's `wait_ready`, for an app that must load before
+    /// it serves. Without this flag, once it has accepted a probe connection from its socket
+    /// (round-robin, sticky, least-conn), or once started (hash, shared). The demo worker always
+    /// reports readiness.
     #[arg(long, requires = "command")]
     pub wait_ready: bool,
 
-    /// Seconds a worker gets to report readiness before it is killed and started again.
+    /// Seconds a worker gets to report readiness (or accept its probe) before it is killed and
+    /// started again.
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ready_timeout: u64,

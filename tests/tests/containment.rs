@@ -3,11 +3,20 @@
 
 use std::time::Duration;
 
-use cluster_tests::{Cluster, PYTHON_SERVER, all_gone, cluster_run, require_root};
+use cluster_tests::{Cluster, all_gone, cluster_run, require_root};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
+
+/// A server forked by the worker's shell: it is not `LISTEN_PID` (so not `PYTHON_SERVER`, which
+/// checks that), but it accepts on fd 3, which makes the worker ready.
+const FORKED_SERVER: &str = r#"
+import socket
+listener = socket.socket(fileno=3)
+while True:
+    listener.accept()[0].close()
+"#;
 
 /// The children of `pid` (from /proc, Linux 3.5+).
 fn children(pid: Pid) -> Vec<Pid> {
@@ -24,7 +33,7 @@ fn a_shell_workers_child_dies_with_it() {
     require_root();
     // `sh` forks the server instead of exec'ing it: the worker is the shell.
     let mut command = cluster_run(&["--workers", "1"]);
-    command.args(["--", "sh", "-c", "python3 -c \"$0\" & wait", PYTHON_SERVER]);
+    command.args(["--", "sh", "-c", "python3 -c \"$0\" & wait", FORKED_SERVER]);
     let cluster = Cluster::start_command(command);
     let shell = cluster.started_pid(0, 0).expect("worker started");
     let server = cluster

@@ -125,6 +125,19 @@ impl Steering {
         }
     }
 
+    /// The program that can steer readiness probes, when this steering has one: not under
+    /// `hash` or `shared` (no program), nor under the cost floors (which read no map).
+    pub fn prober(&mut self) -> Option<&mut SteeringProgram> {
+        match self {
+            Self::Program(program)
+                if !matches!(program.policy(), Policy::FloorEmpty | Policy::FloorSelect) =>
+            {
+                Some(program)
+            }
+            _ => None,
+        }
+    }
+
     /// The program, when this steering has one.
     #[must_use]
     pub fn program(&self) -> Option<&SteeringProgram> {

@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Btf, Ebpf, include_bytes_aligned,
-    maps::{Array, MapData, PerCpuArray, ReusePortSockArray, SkStorage},
+    maps::{Array, HashMap, MapData, PerCpuArray, ReusePortSockArray, SkStorage},
     programs::{BtfTracePoint, SkReuseport},
 };
 use cluster_common::{
@@ -75,6 +75,8 @@ pub struct SocketCounters {
     pub open: i64,
     /// Connections established on it since it was opened.
     pub connections: u64,
+    /// Readiness probes established on it (not in the fields above).
+    pub probes: u64,
 }
 
 /// The id of one listening socket, below [`MAX_SOCKETS`]: the index of its counters.
@@ -119,6 +121,10 @@ pub struct SteeringProgram {
     socket_tags: SkStorage<MapData, SocketTag>,
     sticky_table: Array<MapData, u32>,
     held: Array<MapData, u32>,
+    probes: ReusePortSockArray<MapData>,
+    probe_ports: HashMap<MapData, u32, u32>,
+    /// Pending probes: slot → source port (network byte order).
+    probing: std::collections::BTreeMap<u32, u32>,
     /// The slots whose `HELD` flag is set in the map.
     held_written: BTreeSet<u32>,
     /// Where the search for the next free socket id starts.
@@ -178,6 +184,9 @@ impl SteeringProgram {
             socket_tags: take_map(&mut ebpf, map_names::SOCKET_TAGS)?,
             sticky_table: take_map(&mut ebpf, map_names::STICKY)?,
             held: take_map(&mut ebpf, map_names::HELD)?,
+            probes: take_map(&mut ebpf, map_names::PROBES)?,
+            probe_ports: take_map(&mut ebpf, map_names::PROBE_PORTS)?,
+            probing: std::collections::BTreeMap::new(),
             held_written: BTreeSet::new(),
             next_socket_id: 0,
             ebpf,
@@ -290,13 +299,73 @@ impl SteeringProgram {
         self.socket_stats
             .set(id, SocketStats::default(), 0)
             .map_err(|e| other("resetting SOCKET_STATS", &e))?;
-        self.socket_tags
-            .insert(&socket.as_raw_fd(), SocketTag { slot, id }, 0)
-            .map_err(|e| other("tagging the socket (SOCKET_TAGS)", &e))?;
+        self.retag(slot, socket, SocketId(id), 0)?;
         Ok(SocketId(id))
     }
 
-    /// Makes `socket`, tagged `id`, `slot`'s socket in the selection. If the slot has one, the
+    /// Sends the connections from `port` (the supervisor's readiness probe) to `socket`, the
+    /// starting socket of `slot` tagged `id`, and counts them apart on it.
+    pub fn probe_begin(
+        &mut self,
+        slot: u32,
+        socket: BorrowedFd<'_>,
+        id: SocketId,
+        port: u16,
+    ) -> Result<(), ProgramError> {
+        self.probe_end(slot, Some((socket, id)))?;
+        let port = u32::from(port.to_be());
+        self.retag(slot, socket, id, port)?;
+        self.probes
+            .set(slot, &socket.as_raw_fd(), 0)
+            .map_err(|e| other("storing the starting socket in PROBES", &e))?;
+        self.probe_ports
+            .insert(port, slot, 0)
+            .map_err(|e| other("writing PROBE_PORTS", &e))?;
+        self.probing.insert(slot, port);
+        self.write_config()
+    }
+
+    /// Ends `slot`'s pending probe, if any: its socket leaves `PROBES` (so that it can be stored
+    /// in `SOCKETS`: a socket occupies one index of one such map at most), and its tag, when
+    /// the socket is given, no longer names the probe's port.
+    pub fn probe_end(
+        &mut self,
+        slot: u32,
+        socket: Option<(BorrowedFd<'_>, SocketId)>,
+    ) -> Result<(), ProgramError> {
+        let Some(port) = self.probing.remove(&slot) else {
+            return Ok(());
+        };
+        let _already_empty = self.probes.clear_index(&slot);
+        let _gone = self.probe_ports.remove(&port);
+        if let Some((socket, id)) = socket {
+            self.retag(slot, socket, id, 0)?;
+        }
+        self.write_config()
+    }
+
+    /// Tags `socket` with its slot, id and probe port (0 for none).
+    fn retag(
+        &mut self,
+        slot: u32,
+        socket: BorrowedFd<'_>,
+        id: SocketId,
+        probe_port: u32,
+    ) -> Result<(), ProgramError> {
+        self.socket_tags
+            .insert(
+                &socket.as_raw_fd(),
+                SocketTag {
+                    slot,
+                    id: id.0,
+                    probe_port,
+                },
+                0,
+            )
+            .map_err(|e| other("tagging the socket (SOCKET_TAGS)", &e))
+    }
+
+    /// Makes `socket`, tagged `id`, `slot`'s socket in the selection, ending its probe first. If the slot has one, the
     /// update replaces it in place under the group's lock, so no connection ever finds the slot
     /// empty (`reuseport_array_update_common`, kernel/bpf/reuseport_array.c); the old socket
     /// stays in the group, listening, but is never selected again.
@@ -306,6 +375,7 @@ impl SteeringProgram {
         socket: BorrowedFd<'_>,
         id: SocketId,
     ) -> Result<(), ProgramError> {
+        self.probe_end(slot, Some((socket, id)))?;
         self.sockets
             .set(slot, &socket.as_raw_fd(), 0)
             .map_err(|e| other("storing the worker socket in SOCKETS", &e))?;
@@ -373,6 +443,7 @@ impl SteeringProgram {
         Ok(SocketCounters {
             open: stats.open.cast_signed(),
             connections: stats.connections,
+            probes: stats.probes,
         })
     }
 
@@ -423,6 +494,7 @@ impl SteeringProgram {
             },
             live_count: self.live.selectable(),
             sticky: self.sticky,
+            probing: u32::try_from(self.probing.len()).unwrap_or(u32::MAX),
         };
         self.config
             .set(0, config, 0)

@@ -8,6 +8,7 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::{AsFd, BorrowedFd},
+    time::Instant,
 };
 
 use nix::{
@@ -16,7 +17,7 @@ use nix::{
 };
 use socket2::Socket;
 use tokio::task::JoinSet;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use super::{
     SupervisorError,
@@ -24,6 +25,7 @@ use super::{
     output::{StderrTail, WorkerPipes},
     parking::Parking,
     pool::Effects,
+    probe::{self, Probes},
     spawn::{self, Handoff, WorkerProgram},
 };
 use crate::{
@@ -70,6 +72,8 @@ pub struct SystemEffects {
     channels: BTreeMap<Pid, WorkerChannel>,
     /// The last `cluster broadcast`, given to every worker started afterwards too.
     last_broadcast: Option<String>,
+    /// Readiness probes of starting workers.
+    probes: Probes,
 }
 
 impl SystemEffects {
@@ -108,7 +112,88 @@ impl SystemEffects {
             stderr_tails: BTreeMap::new(),
             channels: BTreeMap::new(),
             last_broadcast: None,
+            probes: Probes::new(addr),
         })
+    }
+
+    /// Whether a readiness probe is pending: [`Self::accepting`] should be called every
+    /// [`probe::PROBE_POLL`].
+    #[must_use]
+    pub fn probing(&self) -> bool {
+        self.probes.any()
+    }
+
+    /// Advances the readiness probes: starts the ones due, notes the connects that ended, and
+    /// returns the workers seen accepting their probe (each once).
+    pub fn accepting(&mut self, now: Instant) -> Vec<Pid> {
+        for connected in self.probes.take_connected() {
+            if let Err(err) = connected.result {
+                warn!(pid = connected.pid.as_raw(), error = %err, "readiness probe could not connect; trying again");
+                self.end_probe(connected.pid);
+                self.probes.failed(connected.pid, now);
+            }
+        }
+        for (pid, slot) in self.probes.due(now) {
+            if let Err(err) = self.start_probe(pid, slot) {
+                warn!(slot, pid = pid.as_raw(), error = %err, "could not start a readiness probe; trying again");
+                self.probes.failed(pid, now);
+            }
+        }
+        let accepting: Vec<Pid> = self
+            .probes
+            .connected()
+            .into_iter()
+            .filter(|&pid| self.accepted_probe(pid))
+            .collect();
+        for &pid in &accepting {
+            self.probes.forget(pid);
+        }
+        accepting
+    }
+
+    /// Steers a new probe's port to `pid`'s starting socket and connects it.
+    fn start_probe(&mut self, pid: Pid, slot: u32) -> Result<(), String> {
+        let held = self.held.get(&pid).ok_or("the worker is gone")?;
+        let (Some(socket), Some(id)) = (&held.socket, held.socket_id) else {
+            return Err("the worker has no starting socket".into());
+        };
+        let program = self.steering.prober().ok_or("no program steers probes")?;
+        let (client, port) = self.probes.open().map_err(|e| e.to_string())?;
+        program
+            .probe_begin(slot, socket.as_fd(), id, port)
+            .map_err(|e| e.to_string())?;
+        self.probes.connect(pid, client, port);
+        Ok(())
+    }
+
+    /// Whether `pid` accepted its probe: its socket saw the probe established, and has nothing
+    /// left in its accept queue (nothing else is steered to a starting socket).
+    fn accepted_probe(&self, pid: Pid) -> bool {
+        let Some(Held {
+            socket: Some(socket),
+            ..
+        }) = self.held.get(&pid)
+        else {
+            return false;
+        };
+        self.socket_counters(pid).is_some_and(|c| c.probes > 0)
+            && probe::accept_queue(socket.as_fd()).is_ok_and(|queued| queued == 0)
+    }
+
+    /// Stops steering `pid`'s probe port, if it has one.
+    fn end_probe(&mut self, pid: Pid) {
+        let Some(held) = self.held.get(&pid) else {
+            return;
+        };
+        let Some(slot) = self.probes.slot_of(pid) else {
+            return;
+        };
+        let socket = held.socket.as_ref().map(AsFd::as_fd).zip(held.socket_id);
+        if let Some(program) = self.steering.prober()
+            && let Err(err) = program.probe_end(slot, socket)
+        {
+            error!(slot, pid = pid.as_raw(), error = %err, "could not end a readiness probe");
+        }
     }
 
     /// The counters of `pid`'s socket, where a program counts.
@@ -235,6 +320,8 @@ impl Effects for SystemEffects {
             return;
         };
         let (own_socket, socket_id) = (held.socket.take(), held.socket_id);
+        // The program ends the slot's probe itself before the socket takes the slot.
+        self.probes.forget(pid);
         if let Some(listener) = own_socket.as_ref().or(self.shared.as_ref())
             && let Err(err) = self.steering.serve(slot, listener.as_fd(), socket_id)
         {
@@ -284,6 +371,10 @@ impl Effects for SystemEffects {
         self.socket_counters(pid).is_none_or(|c| c.open <= 0)
     }
 
+    fn probe(&mut self, slot: u32, pid: Pid) {
+        self.probes.want(pid, slot);
+    }
+
     fn forget(&mut self, pid: Pid) {
         // Whatever the worker started and left behind (`sh -c 'server'` leaves `server`) would
         // keep holding its socket, and with it the port: end its whole process group. The
@@ -302,6 +393,14 @@ impl Effects for SystemEffects {
                 pid = pid.as_raw(),
                 "closed the socket of a worker that never served"
             );
+        }
+        // Only now, with the socket closed: a probe still queued on it was reset rather than
+        // migrated, because its port was still known to the program.
+        if let Some((slot, true)) = self.probes.forget(pid)
+            && let Some(program) = self.steering.prober()
+            && let Err(err) = program.probe_end(slot, None)
+        {
+            error!(slot, pid = pid.as_raw(), error = %err, "could not end a readiness probe");
         }
     }
 }

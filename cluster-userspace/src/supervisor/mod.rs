@@ -19,6 +19,7 @@ pub mod memory;
 pub mod output;
 pub mod parking;
 pub mod pool;
+pub mod probe;
 pub mod signals;
 pub mod spawn;
 pub mod status;
@@ -134,8 +135,14 @@ pub struct Stopped {
 /// When a started worker counts as serving, and its socket joins the selection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Readiness {
-    /// As soon as it has exec'd (its socket is already listening, so connections queue).
+    /// As soon as it has exec'd (its socket is already listening, so connections queue): a
+    /// COMMAND without `--wait-ready` under steering that cannot probe (`hash`, `shared`, the
+    /// cost floors).
     Started,
+    /// When it has accepted a probe connection from its own socket ([`probe`]): a COMMAND
+    /// without `--wait-ready` under the program. Killed and restarted if that takes longer than
+    /// the timeout.
+    Accepts { timeout: Duration },
     /// When it sends `READY=1` to `NOTIFY_SOCKET`; killed and restarted if that takes longer
     /// than the timeout.
     Notified { timeout: Duration },
@@ -158,17 +165,11 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
     let notified = Readiness::Notified {
         timeout: Duration::from_secs(args.ready_timeout),
     };
-    let (program, readiness, drain) = if args.command.is_empty() {
-        (WorkerProgram::demo()?, notified, DrainStyle::SignalAtOnce)
+    let (program, drain) = if args.command.is_empty() {
+        (WorkerProgram::demo()?, DrainStyle::SignalAtOnce)
     } else {
-        let readiness = if args.wait_ready {
-            notified
-        } else {
-            Readiness::Started
-        };
         (
             WorkerProgram::command(&args.command)?,
-            readiness,
             DrainStyle::WhenDrained,
         )
     };
@@ -178,7 +179,18 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
     })?;
     let slots = args.workers.resolve(cpus::usable());
     let (addr, address_lock) = reserve_alone(listener::resolve(&args.listen)?)?;
-    let steering = Steering::new(args.steering, slots, args.sticky_prefix)?;
+    let mut steering = Steering::new(args.steering, slots, args.sticky_prefix)?;
+    let readiness = if args.command.is_empty() || args.wait_ready {
+        notified
+    } else if steering.prober().is_some() {
+        Readiness::Accepts {
+            timeout: Duration::from_secs(args.ready_timeout),
+        }
+    } else {
+        info!(steering = %args.steering,
+              "a COMMAND worker counts as ready once started: only the program (round-robin, sticky, least-conn) can probe whether it accepts; --wait-ready waits for READY=1");
+        Readiness::Started
+    };
     let options = Options {
         addr,
         slots,
@@ -326,6 +338,11 @@ impl Supervisor {
         memory_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = std::time::Instant::now();
+            if self.fx.probing() {
+                for pid in self.fx.accepting(now) {
+                    self.pool.accepted(&mut self.fx, pid, now);
+                }
+            }
             self.pool.tick(&mut self.fx, now);
             self.report_gave_up(None);
             // A reload may end inside `tick` (a COMMAND replacement's minimum uptime).
@@ -339,8 +356,15 @@ impl Supervisor {
                       steering = %self.options.mode, migrate,
                       control = %self.control.path().display(), "ready");
             }
-            // Without signals (signalfd failed) a stopping pool polls for exits.
-            let poll = (!signals_ok).then(|| now + DRAIN_POLL);
+            // Without signals (signalfd failed) a stopping pool polls for exits; readiness
+            // probes are polled too.
+            let poll = [
+                (!signals_ok).then(|| now + DRAIN_POLL),
+                self.fx.probing().then(|| now + probe::PROBE_POLL),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let next = self.pool.next_deadline(now).into_iter().chain(poll).min();
             tokio::select! {
                 received = signals.recv(), if signals_ok => match received {

@@ -3,6 +3,11 @@
 //! a deadline). It forks, signals and writes maps only through [`Effects`], so unit tests drive
 //! every transition without root, processes or a kernel.
 //!
+//! A starting worker serves once it is ready: at once (the built-in worker's `READY=1`, or a
+//! COMMAND under steering that cannot probe), at its `READY=1` (`--wait-ready`), or once it has
+//! accepted a probe connection on its own socket ([`Readiness::Accepts`]). A reload's replacement
+//! also has to stay up `--min-uptime` first, unless it reports `READY=1`.
+//!
 //! A slot is a place in the selection (an index of the program's socket array); a worker is one
 //! process serving it. A slot has at most one serving worker and at most one starting one (its
 //! first, a restart, or a reload's replacement); workers it replaced drain beside them. A slot
@@ -40,6 +45,9 @@ pub trait Effects {
     fn serve(&mut self, slot: u32, pid: Pid);
     /// `slot` has no serving socket any more: steer nothing to it.
     fn unserve(&mut self, slot: u32);
+    /// Starts checking that `pid`, starting in `slot`, accepts from its socket; the supervisor
+    /// reports it with [`Pool::accepted`].
+    fn probe(&mut self, slot: u32, pid: Pid);
     /// `slot` joins the sticky table (its first worker serves).
     fn slot_added(&mut self, slot: u32);
     /// `slot` leaves the sticky table (scaled away).
@@ -157,11 +165,13 @@ pub struct StatusRow {
 #[derive(Debug)]
 enum State {
     /// Started; not in the selection. `ready_at` makes it serve by itself (a COMMAND without
-    /// readiness); `ready_by` is the deadline for `READY=1`, cleared once it was killed for
+    /// `--wait-ready`), once it is no longer `probing` (waiting to be seen accepting its probe);
+    /// `ready_by` is the deadline for `READY=1` or the probe, cleared once it was killed for
     /// missing it.
     Starting {
         ready_at: Option<Instant>,
         ready_by: Option<Instant>,
+        probing: bool,
     },
     Serving {
         since: Instant,
@@ -339,7 +349,9 @@ impl Pool {
         std::mem::take(&mut self.gave_up)
     }
 
-    /// Whether every slot serves, the first time it happens (the pool's "ready" moment).
+    /// Whether every slot serves, the first time it happens (the pool's "ready" moment). A slot
+    /// that gave up (`failed`) does not serve: a pool with one never reports ready, until a
+    /// reload brings the slot back and it serves; ready means that every slot asked for serves.
     pub fn newly_all_serving(&mut self) -> bool {
         if self.announced_ready || self.slots.iter().any(|s| s.serving.is_none()) {
             return false;
@@ -353,7 +365,11 @@ impl Pool {
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let slots = self.slots.iter().filter_map(|s| s.restart_at);
         let workers = self.workers.values().filter_map(|w| match w.state {
-            State::Starting { ready_at, ready_by } => match (ready_at, ready_by) {
+            State::Starting {
+                ready_at,
+                ready_by,
+                probing,
+            } => match (ready_at.filter(|_| !probing), ready_by) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
@@ -386,16 +402,30 @@ impl Pool {
             };
             let slot = worker.slot;
             match &mut worker.state {
-                State::Starting { ready_at, .. } if ready_at.is_some_and(|at| at <= now) => {
+                State::Starting {
+                    ready_at,
+                    probing: false,
+                    ..
+                } if ready_at.is_some_and(|at| at <= now) => {
                     self.serve(fx, pid, now);
                 }
-                State::Starting { ready_by, .. } if ready_by.is_some_and(|at| at <= now) => {
+                State::Starting {
+                    ready_by, probing, ..
+                } if ready_by.is_some_and(|at| at <= now) => {
                     *ready_by = None;
-                    warn!(
-                        slot,
-                        pid = pid.as_raw(),
-                        "worker did not report READY=1 in time; killing it"
-                    );
+                    if *probing {
+                        warn!(
+                            slot,
+                            pid = pid.as_raw(),
+                            "worker did not accept a connection in time; killing it"
+                        );
+                    } else {
+                        warn!(
+                            slot,
+                            pid = pid.as_raw(),
+                            "worker did not report READY=1 in time; killing it"
+                        );
+                    }
                     fx.signal(pid, Signal::SIGKILL);
                 }
                 State::Draining { term_by, .. }
@@ -445,7 +475,8 @@ impl Pool {
     }
 
     /// `READY=1` from `pid`, or from a process in the process group `group`: that starting
-    /// worker serves. Ignored from anyone else, and from a worker already killed for being late.
+    /// worker serves. Ignored from anyone else, from a worker already killed for being late, and
+    /// unless the pool waits for `READY=1`.
     pub fn notified_ready(
         &mut self,
         fx: &mut impl Effects,
@@ -453,6 +484,9 @@ impl Pool {
         group: Option<i32>,
         now: Instant,
     ) {
+        if !matches!(self.config.readiness, Readiness::Notified { .. }) {
+            return;
+        }
         let from = |worker: Pid| pid == worker.as_raw() || group == Some(worker.as_raw());
         let ready = self
             .workers
@@ -465,6 +499,33 @@ impl Pool {
             });
         if let Some(worker) = ready {
             self.serve(fx, worker, now);
+            self.advance_reload(fx, now);
+        }
+    }
+
+    /// The starting worker `pid` accepted its probe: it serves now, or once a replacement's
+    /// minimum uptime has passed. Ignored for any other worker.
+    pub fn accepted(&mut self, fx: &mut impl Effects, pid: Pid, now: Instant) {
+        let Some(Worker {
+            state:
+                State::Starting {
+                    ready_at,
+                    ready_by,
+                    probing,
+                },
+            ..
+        }) = self.workers.get_mut(&pid)
+        else {
+            return;
+        };
+        if !*probing || ready_by.is_none() {
+            // Not probed, or already killed for being late.
+            return;
+        }
+        *probing = false;
+        *ready_by = None;
+        if ready_at.is_none_or(|at| at <= now) {
+            self.serve(fx, pid, now);
             self.advance_reload(fx, now);
         }
     }
@@ -755,21 +816,32 @@ impl Pool {
         entry.restart_at = None;
         entry.starting = Some(pid);
         info!(slot, pid = pid.as_raw(), "worker started");
-        let (ready_at, ready_by) = match self.config.readiness {
-            // A replacement must prove it does not crash at once before it takes over.
-            Readiness::Started if replacing => (Some(now + self.config.restart.min_uptime), None),
-            Readiness::Started => (Some(now), None),
-            Readiness::Notified { timeout } => (None, Some(now + timeout)),
+        // A replacement must prove it does not crash at once before it takes over.
+        let uptime_met = if replacing {
+            now + self.config.restart.min_uptime
+        } else {
+            now
+        };
+        let (ready_at, ready_by, probing) = match self.config.readiness {
+            Readiness::Started => (Some(uptime_met), None, false),
+            Readiness::Accepts { timeout } => (Some(uptime_met), Some(now + timeout), true),
+            Readiness::Notified { timeout } => (None, Some(now + timeout), false),
         };
         self.workers.insert(
             pid,
             Worker {
                 slot,
                 started: now,
-                state: State::Starting { ready_at, ready_by },
+                state: State::Starting {
+                    ready_at,
+                    ready_by,
+                    probing,
+                },
             },
         );
-        if ready_at.is_some_and(|at| at <= now) {
+        if probing {
+            fx.probe(slot, pid);
+        } else if ready_at.is_some_and(|at| at <= now) {
             self.serve(fx, pid, now);
         }
         Ok(())
@@ -1001,6 +1073,7 @@ mod tests {
         Start(u32, Pid),
         Serve(u32, Pid),
         Unserve(u32),
+        Probe(u32, Pid),
         Added(u32),
         Removed(u32),
         Signal(Pid, Signal),
@@ -1040,6 +1113,9 @@ mod tests {
         }
         fn unserve(&mut self, slot: u32) {
             self.calls.push(Call::Unserve(slot));
+        }
+        fn probe(&mut self, slot: u32, pid: Pid) {
+            self.calls.push(Call::Probe(slot, pid));
         }
         fn slot_added(&mut self, slot: u32) {
             self.calls.push(Call::Added(slot));
@@ -1348,6 +1424,192 @@ mod tests {
         assert_eq!(fx.take(), [Call::Signal(pid(1), Signal::SIGTERM)]);
     }
 
+    fn probed() -> Readiness {
+        Readiness::Accepts {
+            timeout: READY_TIMEOUT,
+        }
+    }
+
+    #[test]
+    fn a_probed_command_serves_only_once_it_accepted_and_the_pool_is_ready_then() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(probed(), DrainStyle::WhenDrained), 2, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        assert_eq!(
+            fx.take(),
+            [
+                Call::Start(0, pid(1)),
+                Call::Probe(0, pid(1)),
+                Call::Start(1, pid(2)),
+                Call::Probe(1, pid(2)),
+            ]
+        );
+        // Nothing is due but the probe's deadline; time alone serves nobody.
+        assert_eq!(pool.next_deadline(t0), Some(t0 + READY_TIMEOUT));
+        let t1 = t0 + Duration::from_secs(3);
+        pool.tick(&mut fx, t1);
+        assert!(fx.take().is_empty());
+        assert!(!pool.newly_all_serving());
+        // READY=1 means nothing without --wait-ready.
+        pool.notified_ready(&mut fx, pid(1).as_raw(), None, t1);
+        assert!(fx.take().is_empty());
+        pool.accepted(&mut fx, pid(1), t1);
+        assert_eq!(fx.take(), [Call::Serve(0, pid(1))]);
+        assert!(!pool.newly_all_serving(), "slot 1 does not serve yet");
+        pool.accepted(&mut fx, pid(2), t1);
+        assert_eq!(fx.take(), [Call::Serve(1, pid(2))]);
+        assert!(pool.newly_all_serving());
+        // A second report changes nothing.
+        pool.accepted(&mut fx, pid(2), t1);
+        assert!(fx.take().is_empty());
+        assert_eq!(pool.next_deadline(t1), None);
+    }
+
+    #[test]
+    fn a_probed_command_that_never_accepts_is_killed_at_its_timeout_and_restarted() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(probed(), DrainStyle::WhenDrained), 1, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        fx.take();
+        let late = t0 + READY_TIMEOUT;
+        pool.tick(&mut fx, late);
+        assert_eq!(fx.take(), [Call::Signal(pid(1), Signal::SIGKILL)]);
+        // Accepting after that is too late: it was killed.
+        pool.accepted(&mut fx, pid(1), late);
+        assert!(fx.take().is_empty());
+        pool.exited(
+            &mut fx,
+            pid(1),
+            WaitStatus::Signaled(pid(1), Signal::SIGKILL, false),
+            late,
+        );
+        assert_eq!(fx.take(), [Call::Forget(pid(1))]);
+        let restart = pool.next_deadline(late).expect("a restart");
+        pool.tick(&mut fx, restart);
+        assert_eq!(fx.take(), [Call::Start(0, pid(2)), Call::Probe(0, pid(2))]);
+        assert!(!pool.newly_all_serving());
+    }
+
+    #[test]
+    fn a_probed_command_that_dies_at_start_never_makes_the_pool_ready_and_it_stops() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = pool_giving_up(probed(), 1, 3, &mut fx, t0);
+        let mut now = t0;
+        let mut worker = pid(1);
+        for _ in 0..10 {
+            now += Duration::from_millis(10);
+            pool.exited(&mut fx, worker, WaitStatus::Exited(worker, 1), now);
+            assert!(!pool.newly_all_serving());
+            if pool.stopping() {
+                break;
+            }
+            now = pool.next_deadline(now).expect("a restart is due");
+            pool.tick(&mut fx, now);
+            let calls = fx.take();
+            assert!(
+                !calls.iter().any(|c| matches!(c, Call::Serve(..))),
+                "a worker that never accepted serves: {calls:?}"
+            );
+            worker = calls
+                .iter()
+                .rev()
+                .find_map(|c| match c {
+                    Call::Start(_, pid) => Some(*pid),
+                    _ => None,
+                })
+                .expect("restarted");
+        }
+        assert!(pool.stopping(), "the pool did not give up");
+        let gave_up = pool.take_gave_up();
+        assert!(gave_up.iter().any(|g| g.pool_fails), "{gave_up:?}");
+        assert!(!pool.newly_all_serving());
+    }
+
+    #[test]
+    fn a_probed_replacement_that_accepted_still_stays_up_min_uptime_before_it_takes_over() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(probed(), DrainStyle::WhenDrained), 1, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        pool.accepted(&mut fx, pid(1), t0);
+        assert!(pool.newly_all_serving());
+        fx.take();
+        pool.reload(&mut fx, None, t0).unwrap();
+        assert_eq!(fx.take(), [Call::Start(0, pid(2)), Call::Probe(0, pid(2))]);
+        let min_uptime = RestartPolicy::default().min_uptime;
+        // Not accepted yet: min_uptime alone does not make it serve.
+        pool.tick(&mut fx, t0 + min_uptime);
+        assert!(fx.take().is_empty());
+        assert!(pool.reloading());
+        // Accepted early: it waits for min_uptime.
+        let early = t0 + min_uptime / 2;
+        let mut pool2 = Pool::new(config(probed(), DrainStyle::WhenDrained), 1, t0);
+        let mut fx2 = Fake::default();
+        pool2.start_all(&mut fx2, t0).unwrap();
+        pool2.accepted(&mut fx2, pid(1), t0);
+        pool2.reload(&mut fx2, None, t0).unwrap();
+        fx2.take();
+        pool2.accepted(&mut fx2, pid(2), early);
+        assert!(fx2.take().is_empty());
+        assert_eq!(pool2.next_deadline(early), Some(t0 + min_uptime));
+        fx2.drained.insert(pid(1));
+        pool2.tick(&mut fx2, t0 + min_uptime);
+        assert_eq!(
+            fx2.take(),
+            [
+                Call::Serve(0, pid(2)),
+                Call::Signal(pid(1), Signal::SIGTERM)
+            ]
+        );
+        assert!(!pool2.reloading());
+        // The first pool's replacement accepts late: it serves at once.
+        let late = t0 + 2 * min_uptime;
+        fx.drained.insert(pid(1));
+        pool.accepted(&mut fx, pid(2), late);
+        assert_eq!(
+            fx.take(),
+            [
+                Call::Serve(0, pid(2)),
+                Call::Signal(pid(1), Signal::SIGTERM)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pool_with_a_failed_slot_is_not_ready_until_a_reload_brings_it_back() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = pool_giving_up(probed(), 2, 1, &mut fx, t0);
+        // Slot 1 serves for good; slot 0's command dies at once and gives up.
+        let stable = t0 + Duration::from_secs(60);
+        pool.accepted(&mut fx, pid(2), t0);
+        pool.tick(&mut fx, stable);
+        pool.exited(&mut fx, pid(1), exit(1, 1), stable);
+        assert!(!pool.stopping());
+        assert!(
+            pool.status()
+                .iter()
+                .any(|r| r.slot == 0 && r.phase == Some(Phase::Failed))
+        );
+        assert!(!pool.newly_all_serving());
+        fx.take();
+        pool.reload(&mut fx, Some(0), stable).unwrap();
+        pool.tick(&mut fx, stable);
+        let revived = fx
+            .take()
+            .into_iter()
+            .find_map(|c| match c {
+                Call::Start(0, pid) => Some(pid),
+                _ => None,
+            })
+            .expect("slot 0 starts afresh");
+        pool.accepted(&mut fx, revived, stable);
+        assert!(pool.newly_all_serving());
+    }
+
     #[test]
     fn a_command_that_never_drains_gets_sigterm_halfway_and_sigkill_at_the_timeout() {
         let t0 = Instant::now();
@@ -1531,7 +1793,7 @@ mod tests {
         t0: Instant,
     ) -> Pool {
         let drain = match readiness {
-            Readiness::Started => DrainStyle::WhenDrained,
+            Readiness::Started | Readiness::Accepts { .. } => DrainStyle::WhenDrained,
             Readiness::Notified { .. } => DrainStyle::SignalAtOnce,
         };
         let mut cfg = config(readiness, drain);
