@@ -40,6 +40,9 @@ try:
         except OSError:
             failed += 1
     print(f"{mode} {' '.join(extra)}: failed {failed}/200 in {time.time()-start:.1f}s")
-    os.kill(pid, signal.SIGCONT)
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass  # killed as hung, and replaced
 finally:
     sup.terminate(); sup.wait()

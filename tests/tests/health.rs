@@ -306,6 +306,67 @@ fn a_hung_worker_is_killed_and_its_queue_served_least_conn() {
     hung_is_killed("least-conn");
 }
 
+/// Under `hash` there is no program to skip a stalled worker, but the connection counter sees it
+/// stall, and at the hang timeout it is killed and replaced. With `net.ipv4.tcp_migrate_req=1` in
+/// the namespace, what waited on it is migrated by the kernel and served.
+#[test]
+fn under_hash_a_hung_worker_is_killed_and_with_migrate_req_its_queue_served() {
+    require_root();
+    NetNs::isolated(|ns| {
+        ns.sysctl("net.ipv4.tcp_migrate_req", "1");
+        let cluster = ns.start_cluster(&[
+            "--workers",
+            "4",
+            "--steering",
+            "hash",
+            "--hang-timeout",
+            "5",
+        ]);
+        let pid = pid_of(&cluster.status(), STUCK_SLOT).expect("slot 1 serves");
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP the worker");
+        // The kernel's hash picks the socket: send waiting clients until some wait on it.
+        let mut clients = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        let stalled = loop {
+            clients.extend(waiting_clients(&cluster, &(0..8).collect::<Vec<_>>()));
+            let status = cluster.status();
+            if let Some(r) = row(&status, pid).filter(|r| r["phase"] == "stalled") {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "never stalled: {status}");
+            thread::sleep(Duration::from_millis(500));
+        };
+        assert!(
+            stalled["queued"].as_u64().is_some_and(|q| q >= 1),
+            "{stalled}"
+        );
+        let replacement = wait_for(&cluster, "a replacement in slot 1", |status| {
+            pid_of(status, STUCK_SLOT).filter(|&p| p != pid)
+        });
+        for client in clients {
+            let reply = client.join().expect("client thread");
+            assert!(
+                reply
+                    .as_ref()
+                    .is_ok_and(|r| r.status == 200 && r.pid != Some(pid)),
+                "a waiting client failed: {reply:?}\n{}",
+                cluster.log()
+            );
+        }
+        assert!(
+            process_gone(Pid::from_raw(pid)),
+            "the hung worker is still there"
+        );
+        assert!(
+            row(&cluster.status(), replacement).is_some_and(|r| r["restarts"] == 1),
+            "{}",
+            cluster.log()
+        );
+        let (exit, log) = cluster.stop();
+        assert!(exit.success(), "{log}");
+    });
+}
+
 /// Under load (4 clients, a new connection per request, 20 s timeouts), slot 1's worker is
 /// stopped, stalls, and is killed at the 5 s hang timeout. The clients see no failure beyond the
 /// requests it had accepted before it stopped: its socket's open connections minus the queued

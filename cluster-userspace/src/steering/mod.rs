@@ -26,8 +26,9 @@ use crate::{
 pub enum Steering {
     /// The eBPF program picks the socket. Boxed: it is large and there is one per pool.
     Program(Box<SteeringProgram>),
-    /// Every worker has its own socket; the kernel hashes the 4-tuple over the group.
-    KernelHash,
+    /// Every worker has its own socket; the kernel hashes the 4-tuple over the group. With the
+    /// connection counter (no selector) where health checks want it and BPF is allowed.
+    KernelHash(Option<Box<SteeringProgram>>),
     /// One socket; whichever worker accepts first gets the connection.
     Shared,
 }
@@ -35,15 +36,32 @@ pub enum Steering {
 impl Steering {
     /// Sets up the steering for `mode` and `slots` slots; loads the program when the mode uses
     /// it. Sticky mode hashes addresses over `prefix` with a key drawn at random now, so no two
-    /// pools map addresses alike.
-    pub fn new(mode: SteeringMode, slots: u32, prefix: StickyPrefix) -> Result<Self, ProgramError> {
+    /// pools map addresses alike. Under `hash`, `count` loads the connection counter alone, if
+    /// the kernel lets this process (without it the pool runs, and health checks are off).
+    pub fn new(
+        mode: SteeringMode,
+        slots: u32,
+        prefix: StickyPrefix,
+        count: bool,
+    ) -> Result<Self, ProgramError> {
         let policy = match mode {
             SteeringMode::RoundRobin => Policy::RoundRobin,
             SteeringMode::Sticky => Policy::Sticky,
             SteeringMode::LeastConn => Policy::LeastConn,
             SteeringMode::FloorEmpty => Policy::FloorEmpty,
             SteeringMode::FloorSelect => Policy::FloorSelect,
-            SteeringMode::Hash => return Ok(Self::KernelHash),
+            SteeringMode::Hash if count => {
+                return Ok(Self::KernelHash(
+                    match SteeringProgram::load(Policy::CountOnly, slots, StickyHash::default()) {
+                        Ok(counter) => Some(Box::new(counter)),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "--steering hash: cannot load the connection counter, so stalled and hung workers are not detected (--hang-timeout 0 silences this)");
+                            None
+                        }
+                    },
+                ));
+            }
+            SteeringMode::Hash => return Ok(Self::KernelHash(None)),
             SteeringMode::Shared => return Ok(Self::Shared),
         };
         let sticky = StickyHash {
@@ -63,7 +81,7 @@ impl Steering {
     #[must_use]
     pub fn sharing(&self) -> Sharing {
         match self {
-            Self::Program(_) | Self::KernelHash => Sharing::ReusePort,
+            Self::Program(_) | Self::KernelHash(_) => Sharing::ReusePort,
             Self::Shared => Sharing::Exclusive,
         }
     }
@@ -80,7 +98,8 @@ impl Steering {
                 program.attach(socket)?;
                 program.tag(slot, socket).map(Some)
             }
-            Self::KernelHash | Self::Shared => Ok(None),
+            Self::KernelHash(Some(counter)) => counter.tag(slot, socket).map(Some),
+            Self::KernelHash(None) | Self::Shared => Ok(None),
         }
     }
 
@@ -103,7 +122,7 @@ impl Steering {
     pub fn unserve(&mut self, slot: u32) -> Result<(), ProgramError> {
         match self {
             Self::Program(program) => program.remove(slot),
-            Self::KernelHash | Self::Shared => Ok(()),
+            Self::KernelHash(_) | Self::Shared => Ok(()),
         }
     }
 
@@ -112,7 +131,7 @@ impl Steering {
     pub fn hold(&mut self, slot: u32, held: bool) -> Result<(), ProgramError> {
         match self {
             Self::Program(program) => program.hold(slot, held),
-            Self::KernelHash | Self::Shared => Ok(()),
+            Self::KernelHash(_) | Self::Shared => Ok(()),
         }
     }
 
@@ -121,7 +140,7 @@ impl Steering {
         match self {
             Self::Program(program) if member => program.sticky_add(slot),
             Self::Program(program) => program.sticky_remove(slot),
-            Self::KernelHash | Self::Shared => Ok(()),
+            Self::KernelHash(_) | Self::Shared => Ok(()),
         }
     }
 
@@ -143,7 +162,16 @@ impl Steering {
     pub fn program(&self) -> Option<&SteeringProgram> {
         match self {
             Self::Program(program) => Some(program),
-            Self::KernelHash | Self::Shared => None,
+            Self::KernelHash(_) | Self::Shared => None,
+        }
+    }
+
+    /// What counts each socket's connections: the program, or under `hash` the counter alone.
+    #[must_use]
+    pub fn counter(&self) -> Option<&SteeringProgram> {
+        match self {
+            Self::Program(program) | Self::KernelHash(Some(program)) => Some(program),
+            Self::KernelHash(None) | Self::Shared => None,
         }
     }
 }

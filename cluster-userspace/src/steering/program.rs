@@ -45,6 +45,9 @@ pub enum Policy {
     FloorEmpty,
     /// A program that makes one `bpf_sk_select_reuseport` call (always the first live slot).
     FloorSelect,
+    /// No selector: the kernel's own hash steers (`--steering hash`); only the connection
+    /// counter is loaded, so that stalled workers can be seen.
+    CountOnly,
 }
 
 impl Policy {
@@ -54,6 +57,7 @@ impl Policy {
             Self::RoundRobin | Self::Sticky | Self::LeastConn => &[PROGRAM_MIGRATE, PROGRAM_SELECT],
             Self::FloorEmpty => &[PROGRAM_FLOOR_EMPTY],
             Self::FloorSelect => &[PROGRAM_FLOOR_SELECT],
+            Self::CountOnly => &[],
         }
     }
 }
@@ -171,7 +175,10 @@ impl SteeringProgram {
     pub fn load(policy: Policy, slots: u32, sticky: StickyHash) -> Result<Self, ProgramError> {
         raise_memlock_limit();
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| classify("creating the eBPF maps", &e))?;
-        let program_name = load_program(&mut ebpf, policy.programs())?;
+        let program_name = match policy.programs() {
+            [] => PROGRAM_COUNT,
+            selectors => load_program(&mut ebpf, selectors)?,
+        };
         attach_counter(&mut ebpf)?;
         let mut program = Self {
             sockets: take_map(&mut ebpf, map_names::SOCKETS)?,
@@ -273,6 +280,9 @@ impl SteeringProgram {
     /// replaces it with itself, which also covers a group that emptied and was made anew
     /// (`reuseport_attach_prog`, net/core/sock_reuseport.c).
     pub fn attach(&self, socket: BorrowedFd<'_>) -> Result<(), ProgramError> {
+        if self.policy == Policy::CountOnly {
+            return Ok(());
+        }
         let program: &SkReuseport = self
             .ebpf
             .program(self.program_name)
@@ -490,7 +500,7 @@ impl SteeringProgram {
                 Policy::RoundRobin => mode::ROUND_ROBIN,
                 Policy::Sticky => mode::STICKY,
                 Policy::LeastConn => mode::LEAST_CONN,
-                Policy::FloorEmpty | Policy::FloorSelect => mode::ROUND_ROBIN,
+                Policy::FloorEmpty | Policy::FloorSelect | Policy::CountOnly => mode::ROUND_ROBIN,
             },
             live_count: self.live.selectable(),
             sticky: self.sticky,

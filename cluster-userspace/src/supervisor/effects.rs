@@ -200,7 +200,7 @@ impl SystemEffects {
     #[must_use]
     pub fn socket_counters(&self, pid: Pid) -> Option<SocketCounters> {
         let id = self.held.get(&pid)?.socket_id?;
-        self.steering.program()?.socket_counters(id).ok()
+        self.steering.counter()?.socket_counters(id).ok()
     }
 
     /// `pid`'s own socket: its inode and its counters, where a program counts.
@@ -367,8 +367,9 @@ impl Effects for SystemEffects {
     }
 
     fn drained(&self, pid: Pid) -> bool {
-        // Without a program nothing counts the socket's connections: report it drained.
-        self.socket_counters(pid).is_none_or(|c| c.open <= 0)
+        // Without a program the socket is never taken out of the selection (under `hash` it
+        // takes its share until it closes), so waiting for it to empty is pointless: drained.
+        self.steering.program().is_none() || self.socket_counters(pid).is_none_or(|c| c.open <= 0)
     }
 
     fn probe(&mut self, slot: u32, pid: Pid) {

@@ -179,7 +179,12 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
     })?;
     let slots = args.workers.resolve(cpus::usable());
     let (addr, address_lock) = reserve_alone(listener::resolve(&args.listen)?)?;
-    let mut steering = Steering::new(args.steering, slots, args.sticky_prefix)?;
+    let mut steering = Steering::new(
+        args.steering,
+        slots,
+        args.sticky_prefix,
+        args.hang_timeout > 0,
+    )?;
     let readiness = if args.command.is_empty() || args.wait_ready {
         notified
     } else if steering.prober().is_some() {
@@ -595,7 +600,8 @@ impl Supervisor {
                         pid = pid.as_raw(),
                         queued,
                         seconds = waited.as_secs_f64(),
-                        "worker stalled; no new connections until it accepts again"
+                        skipped = self.fx.steering.program().is_some(),
+                        "worker stalled"
                     );
                     self.fx.hold(slot, true);
                 }
@@ -732,16 +738,26 @@ impl Supervisor {
     }
 }
 
-/// Starts reading the accept queues when stalls can be acted on: with a program, which counts
-/// each socket's connections and can skip one. Logs why not otherwise.
+/// Starts reading the accept queues where stalls can be seen: with a program or the counter
+/// alone (`hash`), which count each socket's connections. Logs why not otherwise, and what a
+/// hang kill means under `hash`.
 fn watch_queues(options: &Options, fx: &SystemEffects) -> Option<mpsc::Receiver<QueueLengths>> {
-    match fx.steering.program() {
-        Some(program) if !matches!(program.policy(), Policy::FloorEmpty | Policy::FloorSelect) => {}
+    match fx.steering.counter() {
+        Some(counter) if !matches!(counter.policy(), Policy::FloorEmpty | Policy::FloorSelect) => {}
         _ => {
             info!(steering = %options.mode,
-                  "stall and hang detection is off: it needs the program's per-socket counters (round-robin, sticky, least-conn)");
+                  "stall and hang detection is off: it needs the per-socket connection counter (round-robin, sticky, least-conn, or hash with BPF allowed)");
             return None;
         }
+    }
+    if fx.steering.program().is_none() {
+        let migrate_req = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+            .map(|v| v.trim() == "1")
+            .unwrap_or(false);
+        info!(
+            migrate_req,
+            "--steering hash: a stalled worker keeps its hash share (no program to skip it); a hung one is killed, and what was queued on it is reset unless net.ipv4.tcp_migrate_req=1"
+        );
     }
     match AcceptQueues::open(options.addr.port()) {
         Ok(queues) => Some(accept_queues::watch(queues, health::CHECK_EVERY)),

@@ -25,7 +25,7 @@ pub fn snapshot(
     addr: &str,
     steering: &str,
 ) -> PoolStatus {
-    let program = fx.steering.program();
+    let program = fx.steering.counter();
     let now = Instant::now();
     let rows = pool
         .status()
