@@ -40,8 +40,8 @@ pub struct Reading {
 pub enum Verdict {
     /// It stopped accepting with connections waiting: leave it out of the selection.
     Stalled { queued: u32, waited: Duration },
-    /// It accepts again: back into the selection.
-    Resumed { waited: Duration },
+    /// It accepts again: back into the selection. `queued` is what still waits on it.
+    Resumed { queued: u32, waited: Duration },
     /// Stalled for the hang timeout: kill it.
     Hung { queued: u32, waited: Duration },
 }
@@ -96,7 +96,10 @@ impl Health {
                 .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
             if watch.stalled {
                 watch.stalled = false;
-                return Some(Verdict::Resumed { waited });
+                return Some(Verdict::Resumed {
+                    queued: reading.queued,
+                    waited,
+                });
             }
             return None;
         }
@@ -242,6 +245,7 @@ mod tests {
             (
                 Duration::from_millis(1500),
                 Verdict::Resumed {
+                    queued: 1,
                     waited: Duration::from_millis(1500)
                 }
             )

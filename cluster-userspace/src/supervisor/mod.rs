@@ -605,10 +605,11 @@ impl Supervisor {
                     );
                     self.fx.hold(slot, true);
                 }
-                Some(Verdict::Resumed { waited }) => {
+                Some(Verdict::Resumed { queued, waited }) => {
                     info!(
                         slot,
                         pid = pid.as_raw(),
+                        queued,
                         seconds = waited.as_secs_f64(),
                         "worker resumed"
                     );
