@@ -315,9 +315,9 @@ impl Effects for SystemEffects {
         Ok(pid)
     }
 
-    fn serve(&mut self, slot: u32, pid: Pid) {
+    fn serve(&mut self, slot: u32, pid: Pid) -> bool {
         let Some(held) = self.held.get_mut(&pid) else {
-            return;
+            return false;
         };
         let (own_socket, socket_id) = (held.socket.take(), held.socket_id);
         // The program ends the slot's probe itself before the socket takes the slot.
@@ -325,12 +325,14 @@ impl Effects for SystemEffects {
         if let Some(listener) = own_socket.as_ref().or(self.shared.as_ref())
             && let Err(err) = self.steering.serve(slot, listener.as_fd(), socket_id)
         {
-            error!(slot, pid = pid.as_raw(), error = %err, "worker runs but could not be added to the selection");
+            error!(slot, pid = pid.as_raw(), error = %err, "could not add the worker's socket to the selection");
+            return false;
         }
         drop(own_socket);
         if let Some(parking) = &mut self.parking {
             parking.someone_serving(self.addr, self.backlog);
         }
+        true
     }
 
     fn unserve(&mut self, slot: u32) {

@@ -42,7 +42,8 @@ pub trait Effects {
     /// steered to it before [`Effects::serve`].
     fn start(&mut self, slot: u32) -> Result<Pid, SupervisorError>;
     /// `pid`'s socket becomes `slot`'s in the selection, replacing the one there in place.
-    fn serve(&mut self, slot: u32, pid: Pid);
+    /// Returns whether it did: a map write can fail, and then the slot keeps what it had.
+    fn serve(&mut self, slot: u32, pid: Pid) -> bool;
     /// `slot` has no serving socket any more: steer nothing to it.
     fn unserve(&mut self, slot: u32);
     /// Starts checking that `pid`, starting in `slot`, accepts from its socket; the supervisor
@@ -922,12 +923,28 @@ impl Pool {
             return;
         };
         let slot = worker.slot;
+        if !fx.serve(slot, pid) {
+            // Its socket is not in the selection, so it cannot replace anyone: it ends as a
+            // start that never became ready (a reload fails, the old worker serves on, and the
+            // slot restarts it like any failed start).
+            worker.state = State::Starting {
+                ready_at: None,
+                ready_by: None,
+                probing: false,
+            };
+            error!(
+                slot,
+                pid = pid.as_raw(),
+                "worker is ready, but its socket could not join the selection; killing it"
+            );
+            fx.signal(pid, Signal::SIGKILL);
+            return;
+        }
         worker.state = State::Serving { since: now };
         let Some(entry) = self.slots.get_mut(slot as usize) else {
             return;
         };
         entry.starting = None;
-        fx.serve(slot, pid);
         if !entry.member {
             entry.member = true;
             fx.slot_added(slot);
@@ -1087,6 +1104,7 @@ mod tests {
         last_pid: i32,
         drained: BTreeSet<Pid>,
         fail_starts: bool,
+        fail_serves: bool,
     }
 
     impl Fake {
@@ -1108,8 +1126,9 @@ mod tests {
             self.calls.push(Call::Start(slot, pid));
             Ok(pid)
         }
-        fn serve(&mut self, slot: u32, pid: Pid) {
+        fn serve(&mut self, slot: u32, pid: Pid) -> bool {
             self.calls.push(Call::Serve(slot, pid));
+            !self.fail_serves
         }
         fn unserve(&mut self, slot: u32) {
             self.calls.push(Call::Unserve(slot));
@@ -1212,6 +1231,39 @@ mod tests {
         let mut pool = Pool::new(config(Readiness::Started, DrainStyle::WhenDrained), 1, t0);
         pool.start_all(&mut fx, t0).unwrap();
         assert_eq!(fx.take(), [Call::Start(0, pid(1)), Call::Serve(0, pid(1))]);
+    }
+
+    #[test]
+    fn a_replacement_whose_socket_cannot_join_the_selection_fails_the_reload() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = Pool::new(config(notified(), DrainStyle::SignalAtOnce), 1, t0);
+        pool.start_all(&mut fx, t0).unwrap();
+        pool.notified_ready(&mut fx, pid(1).as_raw(), None, t0);
+        fx.take();
+        assert_eq!(pool.reload(&mut fx, None, t0), Ok(1));
+        assert_eq!(fx.take(), [Call::Start(0, pid(2))]);
+        fx.fail_serves = true;
+        pool.notified_ready(&mut fx, pid(2).as_raw(), None, t0);
+        assert_eq!(
+            fx.take(),
+            [
+                Call::Serve(0, pid(2)),
+                Call::Signal(pid(2), Signal::SIGKILL)
+            ],
+            "the old worker is not drained"
+        );
+        assert_eq!(pool.serving(0), Some(pid(1)));
+        pool.exited(
+            &mut fx,
+            pid(2),
+            WaitStatus::Signaled(pid(2), Signal::SIGKILL, false),
+            t0,
+        );
+        let outcome = pool.take_outcomes();
+        assert_eq!(outcome.len(), 1, "{outcome:?}");
+        assert!(outcome[0].failure.is_some(), "{outcome:?}");
+        assert_eq!(pool.serving(0), Some(pid(1)), "the old worker serves on");
     }
 
     #[test]
