@@ -1,5 +1,6 @@
 //! A COMMAND without `--wait-ready` serves only once it has accepted a probe connection from its
-//! own socket: a worker still loading stays `starting`, the pool's `ready` comes only when every
+//! own socket (under `hash` and `shared`: once /proc shows it waiting on its socket): a worker
+//! still loading stays `starting`, the pool's `ready` comes only when every
 //! worker accepts, a COMMAND that dies at start (or never accepts) never makes it ready, and the
 //! probe is counted nowhere the workers' own connections are.
 
@@ -27,9 +28,36 @@ fn comm(pid: i64) -> Option<String> {
 
 #[test]
 fn a_worker_still_loading_stays_starting_and_ready_comes_once_both_accept() {
+    loading_then_ready("round-robin");
+}
+
+/// Under `hash` no program steers a probe: the worker is seen in /proc blocked in `accept` on
+/// its own socket instead.
+#[test]
+fn under_hash_ready_comes_once_both_wait_on_their_sockets() {
+    loading_then_ready("hash");
+}
+
+/// Under `shared` the one socket is every worker's: each is seen waiting on it.
+#[test]
+fn under_shared_ready_comes_once_both_wait_on_the_socket() {
+    loading_then_ready("shared");
+}
+
+/// Two workers that sleep 3 s before they exec the server, under `steering`: each stays
+/// `starting` while it is the shell, and the pool's `ready` comes only once both serve.
+fn loading_then_ready(steering: &str) {
     require_root();
     NetNs::isolated(|ns| {
-        let mut command = cluster_command(&["run", "--listen", "127.0.0.1:8080", "--workers", "2"]);
+        let mut command = cluster_command(&[
+            "run",
+            "--listen",
+            "127.0.0.1:8080",
+            "--workers",
+            "2",
+            "--steering",
+            steering,
+        ]);
         command.args([
             "--",
             "sh",
@@ -108,10 +136,13 @@ fn a_worker_still_loading_stays_starting_and_ready_comes_once_both_accept() {
         let (status, log) = cluster.stop();
         assert!(status.success(), "{log}");
         assert!(!log.contains("Traceback"), "the server failed:\n{log}");
-        // The probes are not counted: the counters say exactly what the client made.
-        let mut counts = BTreeMap::from([(0, 0), (1, 0)]);
-        counts.insert(slot, 1);
-        assert_counters_match(&log, &counts);
+        // The probes are not counted: the program's counters say exactly what the client made
+        // (`hash` and `shared` have no program, and send no probe).
+        if steering == "round-robin" {
+            let mut counts = BTreeMap::from([(0, 0), (1, 0)]);
+            counts.insert(slot, 1);
+            assert_counters_match(&log, &counts);
+        }
     });
 }
 

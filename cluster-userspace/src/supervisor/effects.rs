@@ -27,6 +27,7 @@ use super::{
     pool::Effects,
     probe::{self, Probes},
     spawn::{self, Handoff, WorkerProgram},
+    waiting,
 };
 use crate::{
     listener::{self, Sharing},
@@ -126,6 +127,9 @@ impl SystemEffects {
     /// Advances the readiness probes: starts the ones due, notes the connects that ended, and
     /// returns the workers seen accepting their probe (each once).
     pub fn accepting(&mut self, now: Instant) -> Vec<Pid> {
+        if self.steering.prober().is_none() {
+            return self.seen_waiting();
+        }
         for connected in self.probes.take_connected() {
             if let Err(err) = connected.result {
                 warn!(pid = connected.pid.as_raw(), error = %err, "readiness probe could not connect; trying again");
@@ -149,6 +153,30 @@ impl SystemEffects {
             self.probes.forget(pid);
         }
         accepting
+    }
+
+    /// Where no program can steer a probe (`hash`, `shared`, the cost floors): the workers seen
+    /// in /proc waiting to accept from their socket ([`waiting`]). Each is reported once.
+    fn seen_waiting(&mut self) -> Vec<Pid> {
+        let shared = self
+            .shared
+            .as_ref()
+            .and_then(|socket| nix::sys::stat::fstat(socket).ok())
+            .map(|stat| stat.st_ino);
+        let waiting: Vec<Pid> = self
+            .probes
+            .workers()
+            .into_iter()
+            .filter(|pid| {
+                let own = self.held.get(pid).and_then(|h| h.inode).map(u64::from);
+                own.or(shared)
+                    .is_some_and(|inode| waiting::waits_on(*pid, inode))
+            })
+            .collect();
+        for pid in &waiting {
+            self.probes.forget(*pid);
+        }
+        waiting
     }
 
     /// Steers a new probe's port to `pid`'s starting socket and connects it.

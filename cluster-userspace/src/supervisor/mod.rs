@@ -23,6 +23,7 @@ pub mod probe;
 pub mod signals;
 pub mod spawn;
 pub mod status;
+pub mod waiting;
 
 use std::{io, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -179,22 +180,20 @@ pub fn run(args: RunArgs) -> Result<Stopped, SupervisorError> {
     })?;
     let slots = args.workers.resolve(cpus::usable());
     let (addr, address_lock) = reserve_alone(listener::resolve(&args.listen)?)?;
-    let mut steering = Steering::new(
+    let steering = Steering::new(
         args.steering,
         slots,
         args.sticky_prefix,
         args.hang_timeout > 0,
     )?;
+    // A COMMAND shows that it accepts: by a probe the program steers to its socket, or where no
+    // program steers (hash, shared) by waiting on its socket, as /proc shows.
     let readiness = if args.command.is_empty() || args.wait_ready {
         notified
-    } else if steering.prober().is_some() {
+    } else {
         Readiness::Accepts {
             timeout: Duration::from_secs(args.ready_timeout),
         }
-    } else {
-        info!(steering = %args.steering,
-              "a COMMAND worker counts as ready once started: only the program (round-robin, sticky, least-conn) can probe whether it accepts; --wait-ready waits for READY=1");
-        Readiness::Started
     };
     let options = Options {
         addr,

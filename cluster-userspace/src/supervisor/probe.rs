@@ -79,6 +79,12 @@ impl Probes {
         !self.pending.is_empty()
     }
 
+    /// The workers whose readiness is pending.
+    #[must_use]
+    pub fn workers(&self) -> Vec<Pid> {
+        self.pending.keys().copied().collect()
+    }
+
     /// `pid` of `slot` is to be probed.
     pub fn want(&mut self, pid: Pid, slot: u32) {
         self.pending.insert(
