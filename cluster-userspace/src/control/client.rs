@@ -43,17 +43,18 @@ pub fn call(path: &Path, request: &Request) -> Result<Answer, ControlError> {
     let mut answer = String::new();
     let read = BufReader::new(stream).read_line(&mut answer);
     if answer.is_empty() {
-        // A supervisor that closes without reading the request resets the connection.
-        let closed = |kind| {
+        // A supervisor that closes without reading the request makes the write fail with EPIPE
+        // or the read with a reset: both mean it closed without answering.
+        let closed = |e: &io::Error| {
             matches!(
-                kind,
+                e.kind(),
                 io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
             )
         };
-        if !read.as_ref().is_err_and(|e| closed(e.kind())) {
-            sent.map_err(io_error("sending to the control socket"))?;
-            read.map_err(io_error("reading from the control socket"))?;
-        }
+        sent.or_else(|e| if closed(&e) { Ok(()) } else { Err(e) })
+            .map_err(io_error("sending to the control socket"))?;
+        read.or_else(|e| if closed(&e) { Ok(0) } else { Err(e) })
+            .map_err(io_error("reading from the control socket"))?;
         return Err(ControlError::BadAnswer(
             "the supervisor closed the connection without answering: it exited, or serves too many control connections at once (try again)".to_owned(),
         ));
