@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::matrix::{Mode, Pattern, Scenario};
+use crate::{
+    lifecycle::Lifecycle,
+    matrix::{Mode, Pattern, Scenario},
+};
 
 /// Runs the demo pool under each steering mode, one worker as the baseline, with the project's
 /// load generator, and writes bench-report.md, bench.json and SVG plots.
@@ -32,6 +35,10 @@ pub struct Cli {
     /// Handlers [default: all; light with --quick].
     #[arg(long, value_name = "SCENARIO,…", value_delimiter = ',')]
     pub scenarios: Option<Vec<Scenario>>,
+    /// Lifecycle scenarios, one run per mode and pattern, light handler [default: all; none
+    /// with --quick].
+    #[arg(long, value_name = "SCENARIO,…", value_delimiter = ',')]
+    pub lifecycle: Option<Vec<Lifecycle>>,
     /// Rounds of every mode [default: 3; 1 with --quick].
     #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rounds: Option<u32>,
@@ -56,6 +63,7 @@ pub struct Plan {
     pub modes: Vec<Mode>,
     pub patterns: Vec<Pattern>,
     pub scenarios: Vec<Scenario>,
+    pub lifecycle: Vec<Lifecycle>,
     pub rounds: usize,
 }
 
@@ -88,6 +96,12 @@ impl Cli {
                 self.scenarios.as_ref(),
                 vec![Scenario::Light],
                 &Scenario::ALL,
+            ),
+            lifecycle: pick(
+                quick,
+                self.lifecycle.as_ref(),
+                Vec::new(),
+                &[Lifecycle::Reload, Lifecycle::Kill],
             ),
             rounds: self
                 .rounds
@@ -130,6 +144,7 @@ mod tests {
         assert_eq!(quick.modes, [Mode::Shared, Mode::RoundRobin]);
         assert_eq!((quick.rounds, quick.duration), (1, 2.0));
         assert_eq!(quick.patterns, [Pattern::PerRequest]);
+        assert!(quick.lifecycle.is_empty());
         let full = plan(&[]).unwrap();
         assert_eq!(
             (full.modes.len(), full.rounds, full.scenarios.len()),

@@ -7,6 +7,7 @@
 
 mod cli;
 mod cpu;
+mod lifecycle;
 mod matrix;
 mod plots;
 mod pool;
@@ -79,8 +80,19 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let steps = schedule(&plan.scenarios, &plan.patterns, &plan.modes, plan.rounds);
+    let disturbed: Vec<_> = plan
+        .lifecycle
+        .iter()
+        .flat_map(|l| plan.patterns.iter().map(move |p| (*l, *p)))
+        .flat_map(|(l, p)| {
+            plan.modes
+                .iter()
+                .filter(|m| **m != matrix::Mode::Single)
+                .map(move |m| (l, p, *m))
+        })
+        .collect();
     let progress = Progress::new(
-        steps.len() + 1,
+        steps.len() + disturbed.len() + 1,
         !cli.quiet && std::io::stderr().is_terminal(),
     );
     let iterations = Iterations::default();
@@ -116,6 +128,20 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
             run.failed
         ));
         runs.entry(step.case).or_default().push(run);
+    }
+    let mut lifecycle_runs = Vec::new();
+    for (scenario, pattern, mode) in disturbed {
+        let run = runner
+            .lifecycle(scenario, mode, pattern)
+            .with_context(|| format!("the {} scenario, {pattern}, {mode}", scenario.name()))?;
+        progress.note(&format!(
+            "bench: {} {pattern} {mode}: {} failed of {} ({} disturbances)",
+            scenario.name(),
+            run.failed,
+            run.requests,
+            run.disturbances
+        ));
+        lifecycle_runs.push(run);
     }
     progress.finish();
 
@@ -154,6 +180,7 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
         },
         calibration: Some(calibration),
         cases,
+        lifecycle: lifecycle_runs,
         targets: Vec::new(),
     };
     bench.targets = targets::evaluate(&bench);

@@ -106,6 +106,27 @@ pub fn markdown(bench: &Bench) -> String {
             }
         }
     }
+    if !bench.lifecycle.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Lifecycle scenarios (light handler, one run each)\n\n\
+             | scenario | pattern | mode | reloads or kills | failed / total | idle closed |\n\
+             |---|---|---|---|---|---|"
+        );
+        for l in &bench.lifecycle {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} / {} | {} |",
+                l.scenario.name(),
+                l.pattern,
+                l.mode,
+                l.disturbances,
+                l.failed,
+                l.requests,
+                l.idle_closed
+            );
+        }
+    }
     let _ = writeln!(out, "\n## Plots\n");
     for (file, title) in PLOTS {
         let _ = writeln!(out, "![{title}]({file})\n");
@@ -236,6 +257,7 @@ pub(crate) mod tests {
                 loop_ms: 6.0,
                 ns_per_iteration: 0.375,
             }),
+            lifecycle: Vec::new(),
             cases: vec![
                 case(
                     Mode::Hash,

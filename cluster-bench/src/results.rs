@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::{
     cpu::Placement,
+    lifecycle::LifecycleRun,
     matrix::{Case, Iterations, Mode, Pattern, Scenario},
     stats::Spread,
     targets::Target,
@@ -27,6 +28,7 @@ pub struct Bench {
     pub settings: Settings,
     pub calibration: Option<Calibration>,
     pub cases: Vec<CaseResult>,
+    pub lifecycle: Vec<LifecycleRun>,
     pub targets: Vec<Target>,
 }
 

@@ -8,7 +8,8 @@ use cluster_load::{Config, LatencySummary, PathMix, Target};
 
 use crate::{
     cpu::{self, Placement},
-    matrix::{Iterations, Mode, Step},
+    lifecycle::{self, Lifecycle, LifecycleRun},
+    matrix::{Iterations, Mode, Pattern, Step},
     pool::Pool,
     progress::Progress,
     results::{Calibration, CpuSeconds, Run},
@@ -76,6 +77,51 @@ impl Runner<'_> {
                 supervisor: seconds(pool_after.supervisor.saturating_sub(pool_before.supervisor)),
                 generator: seconds(generator_after.own.saturating_sub(generator_before.own)),
             },
+        })
+    }
+
+    /// Runs lifecycle `scenario` on a pool in `mode`: the light handler under load while the
+    /// pool is disturbed.
+    pub fn lifecycle(
+        &self,
+        scenario: Lifecycle,
+        mode: Mode,
+        pattern: Pattern,
+    ) -> Result<LifecycleRun> {
+        let what = format!("{} {pattern} {mode}", scenario.name());
+        self.progress.start_run(&what);
+        let pool = self.pool(mode.steering(), mode.workers(self.workers))?;
+        let mut config = Config::new(Target::from_addr(pool.addr));
+        config.concurrency = self.concurrency;
+        config.duration = self.duration;
+        config.mode = pattern.connection_mode();
+        config.spread_sources = mode.spread_sources();
+        let (report, disturbances) = std::thread::scope(|scope| {
+            let disturber = scope.spawn(|| lifecycle::disturb(&pool, scenario, self.duration));
+            let report = self.runtime.block_on(async {
+                let running = cluster_load::start(config)?;
+                let follow =
+                    tokio::spawn(self.progress.clone().follow(what.clone(), running.live()));
+                let report = running.finish().await;
+                follow.abort();
+                report
+            });
+            let disturbances = disturber
+                .join()
+                .map_err(|_| anyhow::anyhow!("the disturbing thread panicked"))?;
+            anyhow::Ok((report?, disturbances?))
+        })?;
+        pool.stop()?;
+        self.progress.run_done();
+        Ok(LifecycleRun {
+            scenario,
+            mode,
+            pattern,
+            disturbances,
+            requests: report.requests,
+            failed: report.failed,
+            idle_closed: report.errors.idle_closed,
+            errors: report.errors,
         })
     }
 

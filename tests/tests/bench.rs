@@ -159,6 +159,10 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
             at(at(case, "summary"), path);
         }
     }
+    assert!(
+        at(&json, "lifecycle").as_array().unwrap().is_empty(),
+        "--quick runs no lifecycle scenario"
+    );
     for target in at(&json, "targets").as_array().unwrap() {
         assert!(
             ["met", "missed", "not-measured"].contains(&at(target, "verdict").as_str().unwrap()),
