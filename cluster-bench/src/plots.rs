@@ -4,10 +4,15 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow};
-use plotters::{coord::ranged1d::SegmentValue, prelude::*};
+use plotters::{
+    coord::{
+        ranged1d::{SegmentValue, SegmentedCoord},
+        types::{RangedCoordf64, RangedCoordusize},
+    },
+    prelude::*,
+};
 
 use crate::{
-    matrix::{Pattern, Scenario},
     report::PLOTS,
     results::{Bench, CaseResult, Summary},
     stats::Spread,
@@ -26,30 +31,12 @@ const PERCENTILES: [(&str, RGBColor); 4] = [
 
 /// Writes every plot of `PLOTS` into `dir`.
 pub fn write(bench: &Bench, dir: &Path) -> Result<()> {
-    let groups = groups(bench);
+    let groups = bench.groups();
     for (file, title) in PLOTS {
         let path = dir.join(file);
         draw(&path, title, &groups, file).with_context(|| format!("drawing {}", path.display()))?;
     }
     Ok(())
-}
-
-/// The cases of each handler and pattern that ran, in report order.
-fn groups(bench: &Bench) -> Vec<(String, Vec<&CaseResult>)> {
-    let mut groups = Vec::new();
-    for scenario in Scenario::ALL {
-        for pattern in Pattern::ALL {
-            let cases: Vec<&CaseResult> = bench
-                .cases
-                .iter()
-                .filter(|c| c.case.scenario == scenario && c.case.pattern == pattern)
-                .collect();
-            if !cases.is_empty() {
-                groups.push((format!("{scenario} handler, {pattern}"), cases));
-            }
-        }
-    }
-    groups
 }
 
 fn draw(path: &Path, title: &str, groups: &[(String, Vec<&CaseResult>)], kind: &str) -> Result<()> {
@@ -83,27 +70,7 @@ fn bars(
 ) -> Result<()> {
     let values: Vec<Option<Spread>> = cases.iter().map(|c| value(&c.summary)).collect();
     let top = values.iter().flatten().map(|s| s.max).fold(0.0, f64::max);
-    let labels: Vec<String> = cases
-        .iter()
-        .map(|c| c.case.mode.name().to_owned())
-        .collect();
-    let mut chart = ChartBuilder::on(area)
-        .caption(name, ("sans-serif", 16))
-        .margin(8)
-        .x_label_area_size(28)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            (0..cases.len()).into_segmented(),
-            0.0..(top * 1.1).max(1e-9),
-        )
-        .map_err(plot_error)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .y_desc(unit)
-        .x_label_formatter(&|x| segment_label(x, &labels))
-        .draw()
-        .map_err(plot_error)?;
+    let mut chart = panel(area, name, cases, top, unit)?;
     let bar = RGBColor(31, 119, 180);
     chart
         .draw_series(values.iter().enumerate().filter_map(|(i, v)| {
@@ -154,27 +121,7 @@ fn percentiles(area: &Area<'_>, name: &str, cases: &[&CaseResult]) -> Result<()>
         })
         .collect();
     let top = series.iter().flatten().copied().fold(0.0, f64::max);
-    let labels: Vec<String> = cases
-        .iter()
-        .map(|c| c.case.mode.name().to_owned())
-        .collect();
-    let mut chart = ChartBuilder::on(area)
-        .caption(name, ("sans-serif", 16))
-        .margin(8)
-        .x_label_area_size(28)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            (0..cases.len()).into_segmented(),
-            0.0..(top * 1.1).max(1e-9),
-        )
-        .map_err(plot_error)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .y_desc("ms")
-        .x_label_formatter(&|x| segment_label(x, &labels))
-        .draw()
-        .map_err(plot_error)?;
+    let mut chart = panel(area, name, cases, top, "ms")?;
     for ((label, colour), values) in PERCENTILES.iter().zip(&series) {
         let points: Vec<(SegmentValue<usize>, f64)> = values
             .iter()
@@ -202,6 +149,40 @@ fn percentiles(area: &Area<'_>, name: &str, cases: &[&CaseResult]) -> Result<()>
         .draw()
         .map_err(plot_error)?;
     Ok(())
+}
+
+/// One panel: the modes of `cases` along x, 0 to a little over `top` along y.
+fn panel<'a, 'b>(
+    area: &'a Area<'b>,
+    name: &str,
+    cases: &[&CaseResult],
+    top: f64,
+    unit: &str,
+) -> Result<
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<SegmentedCoord<RangedCoordusize>, RangedCoordf64>>,
+> {
+    let labels: Vec<String> = cases
+        .iter()
+        .map(|c| c.case.mode.name().to_owned())
+        .collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption(name, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (0..cases.len()).into_segmented(),
+            0.0..(top * 1.1).max(1e-9),
+        )
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc(unit)
+        .x_label_formatter(&|x| segment_label(x, &labels))
+        .draw()
+        .map_err(plot_error)?;
+    Ok(chart)
 }
 
 fn segment_label(x: &SegmentValue<usize>, labels: &[String]) -> String {

@@ -3,12 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{
-    matrix::{Pattern, Scenario},
-    results::{Bench, CaseResult},
-    stats::Spread,
-    targets::Verdict,
-};
+use crate::{results::Bench, stats::Spread, targets::Verdict};
 
 /// The plots the report embeds, written beside it by `plots`.
 pub const PLOTS: [(&str, &str); 3] = [
@@ -67,43 +62,33 @@ pub fn markdown(bench: &Bench) -> String {
             t.verdict.name()
         );
     }
-    for scenario in Scenario::ALL {
-        for pattern in Pattern::ALL {
-            let cases: Vec<&CaseResult> = bench
-                .cases
-                .iter()
-                .filter(|c| c.case.scenario == scenario && c.case.pattern == pattern)
-                .collect();
-            if cases.is_empty() {
-                continue;
-            }
-            let _ = writeln!(out, "\n## {scenario} handler, {pattern}\n");
+    for (name, cases) in bench.groups() {
+        let _ = writeln!(out, "\n## {name}\n");
+        let _ = writeln!(
+            out,
+            "| mode | workers | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | failed | \
+             share max/min | share CV | CPU s workers | supervisor | generator |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for c in cases {
+            let m = &c.summary;
             let _ = writeln!(
                 out,
-                "| mode | workers | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | failed | \
-                 share max/min | share CV | CPU s workers | supervisor | generator |"
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.case.mode,
+                c.workers,
+                m.requests_per_second.show(0),
+                m.p50_ms.show(2),
+                m.p90_ms.show(2),
+                m.p99_ms.show(2),
+                m.p999_ms.show(2),
+                m.failed.show(0),
+                optional(m.share_max_over_min.as_ref(), 3),
+                optional(m.share_cv.as_ref(), 3),
+                m.cpu_workers_seconds.show(2),
+                m.cpu_supervisor_seconds.show(2),
+                m.cpu_generator_seconds.show(2),
             );
-            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-            for c in cases {
-                let m = &c.summary;
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                    c.case.mode,
-                    c.workers,
-                    m.requests_per_second.show(0),
-                    m.p50_ms.show(2),
-                    m.p90_ms.show(2),
-                    m.p99_ms.show(2),
-                    m.p999_ms.show(2),
-                    m.failed.show(0),
-                    optional(m.share_max_over_min.as_ref(), 3),
-                    optional(m.share_cv.as_ref(), 3),
-                    m.cpu_workers_seconds.show(2),
-                    m.cpu_supervisor_seconds.show(2),
-                    m.cpu_generator_seconds.show(2),
-                );
-            }
         }
     }
     if !bench.lifecycle.is_empty() {
@@ -186,8 +171,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         cpu::Placement,
-        matrix::{Case, Iterations, Mode},
-        results::{Calibration, CpuSeconds, Run, SCHEMA, Settings, Summary, System},
+        matrix::{Case, Iterations, Mode, Pattern, Scenario},
+        results::{Calibration, CaseResult, CpuSeconds, Run, SCHEMA, Settings, Summary, System},
         targets,
     };
 

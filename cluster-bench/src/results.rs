@@ -158,6 +158,25 @@ impl Summary {
 }
 
 impl Bench {
+    /// The cases of each handler and pattern that ran, named, in report order.
+    #[must_use]
+    pub fn groups(&self) -> Vec<(String, Vec<&CaseResult>)> {
+        let mut groups = Vec::new();
+        for scenario in Scenario::ALL {
+            for pattern in Pattern::ALL {
+                let cases: Vec<&CaseResult> = self
+                    .cases
+                    .iter()
+                    .filter(|c| c.case.scenario == scenario && c.case.pattern == pattern)
+                    .collect();
+                if !cases.is_empty() {
+                    groups.push((format!("{scenario} handler, {pattern}"), cases));
+                }
+            }
+        }
+        groups
+    }
+
     /// The result of `case`, if it ran.
     #[must_use]
     pub fn case(&self, scenario: Scenario, pattern: Pattern, mode: Mode) -> Option<&CaseResult> {
