@@ -37,7 +37,19 @@ const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// this test executable (`target/<profile>/cluster`).
 #[must_use]
 pub fn cluster_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("CLUSTER_BIN") {
+    built_binary("cluster", "CLUSTER_BIN")
+}
+
+/// The bench binary (`cluster-bench`): `CLUSTER_BENCH_BIN`, or the one `cargo xtask test` built
+/// next to this test executable.
+#[must_use]
+pub fn bench_binary() -> PathBuf {
+    built_binary("cluster-bench", "CLUSTER_BENCH_BIN")
+}
+
+/// Binary `name`: the path in environment variable `env`, or `target/<profile>/name`.
+fn built_binary(name: &str, env: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(env) {
         return bin.into();
     }
     let exe = std::env::current_exe().expect("current_exe");
@@ -45,7 +57,7 @@ pub fn cluster_binary() -> PathBuf {
         .parent()
         .and_then(|deps| deps.parent())
         .expect("test binary is in target/<profile>/deps");
-    let bin = profile_dir.join("cluster");
+    let bin = profile_dir.join(name);
     assert!(
         bin.is_file(),
         "{} does not exist: run the tests with `cargo xtask test`, which builds it",

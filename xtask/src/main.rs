@@ -25,7 +25,10 @@ commands:
   lint                  clippy (host crates and the eBPF crate) and rustdoc, warnings denied
   test [ARGS]           build and run every test (the integration tests need root)
   cost [--workers N] [--seconds S] [--clients C] [--rounds R]
-                        what each steering program costs per decision, beside the floors (root)";
+                        what each steering program costs per decision, beside the floors (root)
+  bench [--quick] [ARGS]
+                        build (release) and run the bench `cluster-bench ARGS`: every steering
+                        mode side by side, report and plots (root; `cargo xtask bench --help`)";
 
 /// Selects every crate built for the host: all but the eBPF crate, which only builds for the
 /// BPF target.
@@ -51,7 +54,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
     }
     if !matches!(
         command,
-        "setup" | "build" | "run" | "load" | "lint" | "test" | "cost"
+        "setup" | "build" | "run" | "load" | "lint" | "test" | "cost" | "bench"
     ) {
         bail!("unknown command `{command}`\n\n{USAGE}");
     }
@@ -67,6 +70,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
         "build" => setup::run(tasks.cargo("build").args(HOST_CRATES).args(rest)),
         "run" => tasks.run_cluster(rest),
         "load" => tasks.run_load(rest),
+        "bench" => tasks.run_bench(rest),
         "lint" => tasks.lint(),
         "cost" => {
             let options = cost::Options::parse(rest)?;
@@ -159,6 +163,20 @@ impl Tasks {
         exec(Command::new(binary).args(args))
     }
 
+    /// Builds `cluster` and the bench in release and replaces this process with
+    /// `cluster-bench --cluster PATH ARGS`, so its output, Ctrl-C and exit status are its own.
+    fn run_bench(&self, args: &[OsString]) -> Result<()> {
+        let args = args.strip_prefix(&[OsString::from("--")]).unwrap_or(args);
+        let cluster = self.build_cluster("release")?;
+        let binary = self.build_binary("cluster-bench", "cluster-bench", "release")?;
+        exec(
+            Command::new(binary)
+                .arg("--cluster")
+                .arg(cluster)
+                .args(args),
+        )
+    }
+
     fn lint(&self) -> Result<()> {
         let deny = [
             OsStr::new("--"),
@@ -190,11 +208,12 @@ impl Tasks {
         )
     }
 
-    /// Installs the programs the tests use, builds the `cluster` binary the integration tests
-    /// start, then runs every test.
+    /// Installs the programs the tests use, builds the `cluster` and `cluster-bench` binaries
+    /// the integration tests start, then runs every test.
     fn test(&self, args: &[OsString]) -> Result<()> {
         setup::ensure_test_tools()?;
         self.build_cluster("dev")?;
+        self.build_binary("cluster-bench", "cluster-bench", "dev")?;
         setup::run(
             self.cargo("test")
                 .arg("--no-fail-fast")

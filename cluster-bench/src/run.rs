@@ -1,0 +1,164 @@
+//! One run: a fresh pool for the case, the load against it, the CPU the pool and the generator
+//! used meanwhile, then the pool stopped.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use cluster_load::{Config, LatencySummary, PathMix, Target};
+
+use crate::{
+    cpu::{self, Placement},
+    lifecycle::{self, Lifecycle, LifecycleRun},
+    matrix::{Iterations, Mode, Pattern, Step},
+    pool::Pool,
+    progress::Progress,
+    results::{Calibration, CpuSeconds, Run},
+};
+
+/// What every run shares.
+#[derive(Debug)]
+pub struct Runner<'a> {
+    pub binary: &'a Path,
+    pub runtime: &'a tokio::runtime::Runtime,
+    pub placement: &'a Placement,
+    pub progress: &'a Progress,
+    pub workers: u32,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub iterations: Iterations,
+}
+
+impl Runner<'_> {
+    /// Runs `step` on a pool of its own.
+    pub fn run(&self, step: Step) -> Result<Run> {
+        let case = step.case;
+        let what = format!(
+            "{} {} {} (round {})",
+            case.scenario, case.pattern, case.mode, step.round
+        );
+        self.progress.start_run(&what);
+        let workers = case.mode.workers(self.workers);
+        let pool = self.pool(case.mode.steering(), workers)?;
+        let mut config = Config::new(Target::from_addr(pool.addr));
+        config.paths = PathMix::parse(&case.scenario.mix(&self.iterations))?;
+        config.concurrency = self.concurrency;
+        config.duration = self.duration;
+        config.mode = case.pattern.connection_mode();
+        config.spread_sources = case.mode.spread_sources();
+
+        let pool_before = pool.ticks()?;
+        let generator_before = cpu::ticks("self")?;
+        let report = self.runtime.block_on(async {
+            let running = cluster_load::start(config)?;
+            let follow = tokio::spawn(self.progress.clone().follow(what.clone(), running.live()));
+            let report = running.finish().await;
+            follow.abort();
+            report
+        })?;
+        let generator_after = cpu::ticks("self")?;
+        let pool_after = pool.ticks()?;
+        pool.stop()?;
+        self.progress.run_done();
+
+        #[expect(clippy::cast_precision_loss, reason = "clock ticks far below 2^52")]
+        let seconds = |ticks: u64| ticks as f64 / cpu::ticks_per_second() as f64;
+        Ok(Run {
+            round: step.round,
+            elapsed_seconds: report.elapsed_seconds,
+            requests: report.requests,
+            ok: report.ok,
+            failed: report.failed,
+            requests_per_second: report.requests_per_second,
+            latency: report.latency,
+            errors: report.errors,
+            by_slot: report.by_slot.with_values(0..u64::from(workers)),
+            cpu: CpuSeconds {
+                workers: seconds(pool_after.workers.saturating_sub(pool_before.workers)),
+                supervisor: seconds(pool_after.supervisor.saturating_sub(pool_before.supervisor)),
+                generator: seconds(generator_after.own.saturating_sub(generator_before.own)),
+            },
+        })
+    }
+
+    /// Runs lifecycle `scenario` on a pool in `mode`: the light handler under load while the
+    /// pool is disturbed.
+    pub fn lifecycle(
+        &self,
+        scenario: Lifecycle,
+        mode: Mode,
+        pattern: Pattern,
+    ) -> Result<LifecycleRun> {
+        let what = format!("{} {pattern} {mode}", scenario.name());
+        self.progress.start_run(&what);
+        let pool = self.pool(mode.steering(), mode.workers(self.workers))?;
+        let mut config = Config::new(Target::from_addr(pool.addr));
+        config.concurrency = self.concurrency;
+        config.duration = self.duration;
+        config.mode = pattern.connection_mode();
+        config.spread_sources = mode.spread_sources();
+        let (report, disturbances) = std::thread::scope(|scope| {
+            let disturber = scope.spawn(|| lifecycle::disturb(&pool, scenario, self.duration));
+            let report = self.runtime.block_on(async {
+                let running = cluster_load::start(config)?;
+                let follow =
+                    tokio::spawn(self.progress.clone().follow(what.clone(), running.live()));
+                let report = running.finish().await;
+                follow.abort();
+                report
+            });
+            let disturbances = disturber
+                .join()
+                .map_err(|_| anyhow::anyhow!("the disturbing thread panicked"))?;
+            anyhow::Ok((report?, disturbances?))
+        })?;
+        pool.stop()?;
+        self.progress.run_done();
+        Ok(LifecycleRun {
+            scenario,
+            mode,
+            pattern,
+            disturbances,
+            requests: report.requests,
+            failed: report.failed,
+            idle_closed: report.errors.idle_closed,
+            errors: report.errors,
+        })
+    }
+
+    /// Measures what the uniform handler's loop costs: one worker, one client, requests one
+    /// after another, the median of `/work` less the median of `GET /`.
+    pub fn calibrate(&self) -> Result<Calibration> {
+        self.progress.start_run("calibrating the /work loop");
+        let pool = self.pool(Mode::Single.steering(), 1)?;
+        let median = |path: String| -> Result<LatencySummary> {
+            let mut config = Config::new(Target::from_addr(pool.addr));
+            config.paths = PathMix::single(&path)?;
+            config.concurrency = 1;
+            config.duration = Duration::from_secs(1);
+            config.mode = cluster_load::ConnectionMode::KeepAlive;
+            Ok(self.runtime.block_on(cluster_load::run(config))?.latency)
+        };
+        let light = median("/".to_owned())?;
+        let iterations = self.iterations.uniform;
+        let work = median(format!("/work?iterations={iterations}"))?;
+        pool.stop()?;
+        #[expect(clippy::cast_precision_loss, reason = "microseconds far below 2^52")]
+        let loop_ms = work.p50_us.saturating_sub(light.p50_us) as f64 / 1000.0;
+        #[expect(clippy::cast_precision_loss, reason = "iterations far below 2^52")]
+        let ns_per_iteration = loop_ms * 1e6 / iterations as f64;
+        Ok(Calibration {
+            iterations,
+            loop_ms,
+            ns_per_iteration,
+        })
+    }
+
+    fn pool(&self, steering: &str, workers: u32) -> Result<Pool> {
+        let cpus = self
+            .placement
+            .pinned
+            .then_some(self.placement.pool_cpus.as_slice());
+        Pool::start(self.binary, steering, workers, cpus)
+            .with_context(|| format!("a pool for {steering}"))
+    }
+}

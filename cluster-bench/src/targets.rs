@@ -1,0 +1,220 @@
+//! The issue's targets, checked against the medians of one bench: met, missed, or not measured
+//! (and why). Targets are reported, never asserted.
+
+use serde::Serialize;
+
+use crate::{
+    lifecycle::Lifecycle,
+    matrix::{Mode, Pattern, Scenario},
+    results::{Bench, CaseResult},
+};
+
+/// One target and how the bench did against it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Target {
+    /// What is wanted, in words.
+    pub wanted: String,
+    /// What was measured, in words (empty when not measured).
+    pub measured: String,
+    pub verdict: Verdict,
+}
+
+/// Whether a target was met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Met,
+    Missed,
+    /// The bench did not run what the target needs (see `measured` for why).
+    NotMeasured,
+}
+
+impl Verdict {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Met => "met",
+            Self::Missed => "MISSED",
+            Self::NotMeasured => "not measured",
+        }
+    }
+}
+
+impl Target {
+    fn check(wanted: String, measured: String, met: bool) -> Self {
+        Self {
+            wanted,
+            measured,
+            verdict: if met { Verdict::Met } else { Verdict::Missed },
+        }
+    }
+
+    fn not_measured(wanted: String, why: &str) -> Self {
+        Self {
+            wanted,
+            measured: why.to_owned(),
+            verdict: Verdict::NotMeasured,
+        }
+    }
+}
+
+/// Every target, from the cases of `bench`.
+#[must_use]
+pub fn evaluate(bench: &Bench) -> Vec<Target> {
+    let mut targets = Vec::new();
+    round_robin_share(bench, &mut targets);
+    in_kernel_against_hash(bench, &mut targets);
+    least_conn_on_mixed(bench, &mut targets);
+    workers_scale(bench, &mut targets);
+    lifecycle(bench, &mut targets);
+    for wanted in [
+        "the seeds' app under this pool ≥ 1.0 × under Node's cluster (≥ 1.6× with no loop); \
+         least-conn on mixed ≥ 0.95 × Node's cluster",
+        "round-robin decision cost within 1.3 × the select-only program",
+    ] {
+        let why = if wanted.contains("Node") {
+            "the Node peer is not in the bench yet"
+        } else {
+            "measured by `cargo xtask cost`, not by this bench (see the README, Decision cost)"
+        };
+        targets.push(Target::not_measured(wanted.to_owned(), why));
+    }
+    targets
+}
+
+fn rps(case: &CaseResult) -> f64 {
+    case.summary.requests_per_second.median
+}
+
+fn round_robin_share(bench: &Bench, targets: &mut Vec<Target>) {
+    let wanted = "round-robin share max/min ≤ 1.02 (new connection per request)";
+    let case = Scenario::ALL
+        .iter()
+        .find_map(|s| bench.case(*s, Pattern::PerRequest, Mode::RoundRobin));
+    let Some(case) = case else {
+        targets.push(Target::not_measured(
+            wanted.to_owned(),
+            "round-robin with a new connection per request did not run",
+        ));
+        return;
+    };
+    let wanted = format!("{wanted}, {} handler", case.case.scenario);
+    match case.summary.share_max_over_min {
+        Some(ratio) => targets.push(Target::check(
+            wanted,
+            format!("{:.3}", ratio.median),
+            ratio.median <= 1.02,
+        )),
+        None => targets.push(Target::check(
+            wanted,
+            "a worker answered nothing".to_owned(),
+            false,
+        )),
+    }
+}
+
+fn in_kernel_against_hash(bench: &Bench, targets: &mut Vec<Target>) {
+    for pattern in Pattern::ALL {
+        for mode in [Mode::RoundRobin, Mode::Sticky, Mode::LeastConn] {
+            let wanted = format!("{mode} ≥ 0.97 × hash req/s, light handler, {pattern}");
+            let (Some(case), Some(hash)) = (
+                bench.case(Scenario::Light, pattern, mode),
+                bench.case(Scenario::Light, pattern, Mode::Hash),
+            ) else {
+                if bench.case(Scenario::Light, pattern, mode).is_some() {
+                    targets.push(Target::not_measured(wanted, "hash did not run"));
+                }
+                continue;
+            };
+            let ratio = rps(case) / rps(hash);
+            targets.push(Target::check(wanted, format!("{ratio:.2}×"), ratio >= 0.97));
+        }
+    }
+}
+
+fn least_conn_on_mixed(bench: &Bench, targets: &mut Vec<Target>) {
+    for pattern in Pattern::ALL {
+        let (Some(least), Some(shared)) = (
+            bench.case(Scenario::Mixed, pattern, Mode::LeastConn),
+            bench.case(Scenario::Mixed, pattern, Mode::Shared),
+        ) else {
+            continue;
+        };
+        let ratio = rps(least) / rps(shared);
+        targets.push(Target::check(
+            format!("least-conn ≥ 0.95 × shared req/s, mixed handler, {pattern}"),
+            format!("{ratio:.2}×"),
+            ratio >= 0.95,
+        ));
+        let p99 = least.summary.p99_ms.median / shared.summary.p99_ms.median;
+        targets.push(Target::check(
+            format!("least-conn p99 ≤ 1.1 × shared, mixed handler, {pattern}"),
+            format!(
+                "{p99:.2}× ({:.1} ms against {:.1} ms)",
+                least.summary.p99_ms.median, shared.summary.p99_ms.median
+            ),
+            p99 <= 1.1,
+        ));
+    }
+}
+
+fn workers_scale(bench: &Bench, targets: &mut Vec<Target>) {
+    let workers = bench.settings.workers;
+    if workers != 2 {
+        return;
+    }
+    for pattern in Pattern::ALL {
+        let Some(single) = bench.case(Scenario::Uniform, pattern, Mode::Single) else {
+            continue;
+        };
+        for mode in Mode::ALL.into_iter().filter(|m| *m != Mode::Single) {
+            let Some(case) = bench.case(Scenario::Uniform, pattern, mode) else {
+                continue;
+            };
+            let ratio = rps(case) / rps(single);
+            targets.push(Target::check(
+                format!("uniform handler: 2 workers ({mode}) ≥ 1.8 × one worker, {pattern}"),
+                format!("{ratio:.2}×"),
+                ratio >= 1.8,
+            ));
+        }
+    }
+}
+
+fn lifecycle(bench: &Bench, targets: &mut Vec<Target>) {
+    if bench.lifecycle.is_empty() {
+        targets.push(Target::not_measured(
+            "reload scenario: 0 failed; kill scenario: failures ≤ in flight + connections held"
+                .to_owned(),
+            "no lifecycle scenario ran (--lifecycle)",
+        ));
+    }
+    let concurrency = u64::try_from(bench.settings.concurrency).unwrap_or(u64::MAX);
+    for run in &bench.lifecycle {
+        let (pattern, mode) = (run.pattern, run.mode);
+        match run.scenario {
+            Lifecycle::Reload => targets.push(Target::check(
+                format!(
+                    "{} rolling reloads: 0 failed, {mode}, {pattern}",
+                    run.disturbances
+                ),
+                format!("{} failed of {}", run.failed, run.requests),
+                run.failed == 0,
+            )),
+            // Each killed worker held at most every client's request or connection, so
+            // `concurrency` per kill bounds what was in flight plus the connections held.
+            Lifecycle::Kill => {
+                let bound = u64::from(run.disturbances) * concurrency;
+                targets.push(Target::check(
+                    format!(
+                        "{} workers killed: failures ≤ in flight + held (≤ {concurrency} per \
+                         kill), {mode}, {pattern}",
+                        run.disturbances
+                    ),
+                    format!("{} failed of {}", run.failed, run.requests),
+                    run.failed <= bound,
+                ));
+            }
+        }
+    }
+}
