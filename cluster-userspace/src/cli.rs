@@ -188,8 +188,8 @@ pub struct RunArgs {
     /// With a COMMAND: count a worker as serving only once it sends `READY=1` to
     /// `$NOTIFY_SOCKET` (sd_notify(3)), like PM2's `wait_ready`, for an app that must load before
     /// it serves. Without this flag, once it has accepted a probe connection from its socket
-    /// (round-robin, sticky, least-conn), or once started (hash, shared). The demo worker always
-    /// reports readiness.
+    /// (round-robin, sticky, least-conn), or once /proc shows it waiting to accept from its
+    /// socket (hash, shared). The demo worker always reports readiness.
     #[arg(long, requires = "command")]
     pub wait_ready: bool,
 

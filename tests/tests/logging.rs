@@ -85,8 +85,9 @@ fn chatty_command(extra: &[&str]) -> std::process::Command {
     command
 }
 
+/// The chatty pool, not waited for: its workers never accept, so it never becomes ready.
 fn chatty_pool(extra: &[&str]) -> Cluster {
-    Cluster::start_command(chatty_command(extra))
+    Cluster::spawn_command(chatty_command(extra))
 }
 
 #[test]
@@ -219,10 +220,17 @@ fn a_worker_that_prints_without_pause_does_not_stall_the_supervisor() {
         "-c",
         "while :; do echo spam; done",
     ]);
-    let cluster = Cluster::start_command(command);
-    thread::sleep(Duration::from_millis(500));
-    let spam = cluster.log().matches("spam").count();
-    assert!(spam > 100, "the workers' output is not read: {spam} lines");
+    // Its workers never accept, so the pool never becomes ready: wait for their output.
+    let cluster = Cluster::spawn_command(command);
+    let spam = cluster.wait_for_log(Duration::from_secs(30), |log| {
+        let spam = log.matches("spam").count();
+        (spam > 100).then_some(spam)
+    });
+    assert!(
+        spam.is_some(),
+        "the workers' output is not read:\n{}",
+        cluster.log()
+    );
     // `stop` fails the test if the supervisor takes more than 30 s.
     let (status, log) = cluster.stop();
     assert_eq!(

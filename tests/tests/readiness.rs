@@ -89,7 +89,17 @@ os.execvp("python3", ["python3", "-c", os.environ["SERVER"]])
 
 #[test]
 fn a_truncated_notification_closes_its_descriptors_and_names_its_sender() {
-    let mut command = cluster_run(&["--workers", "1", "--steering", "hash", "--wait-ready"]);
+    // `--hang-timeout 0`: no connection counter under hash, so no BPF descriptors count against
+    // the low descriptor limit below.
+    let mut command = cluster_run(&[
+        "--workers",
+        "1",
+        "--steering",
+        "hash",
+        "--wait-ready",
+        "--hang-timeout",
+        "0",
+    ]);
     command.args(["--", "python3", "-c", FLOODING_NOTIFIER]);
     command.env("SERVER", PYTHON_SERVER);
     // SAFETY: setrlimit is async-signal-safe.

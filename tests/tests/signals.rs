@@ -174,7 +174,19 @@ fn stubborn_pool(shutdown_timeout: &str) -> Cluster {
         shutdown_timeout,
     ]);
     command.args(["--", "sh", "-c", "trap '' TERM; exec sleep 300"]);
-    Cluster::start_command(command)
+    started(Cluster::spawn_command(command), 2)
+}
+
+/// Waits until each of the first `slots` slots has started its worker. These workers never
+/// accept, so the pool never becomes ready: `ready` is not waited for.
+fn started(cluster: Cluster, slots: u32) -> Cluster {
+    let all = cluster.wait_for_log(Duration::from_secs(30), |_| {
+        (0..slots)
+            .all(|slot| cluster.started_pid(slot, 0).is_some())
+            .then_some(())
+    });
+    assert!(all.is_some(), "workers not started:\n{}", cluster.log());
+    cluster
 }
 
 /// The pids the log says were killed at shutdown.
@@ -248,7 +260,7 @@ fn workers_start_with_a_clean_signal_state_and_only_their_descriptors() {
         "trap '' HUP INT QUIT USR1 TERM; exec 7</dev/null; exec {} run --listen 127.0.0.1:0 --workers 1 --steering hash -- sleep 300",
         cluster_tests::cluster_binary().display()
     ));
-    let cluster = Cluster::start_command(command);
+    let cluster = started(Cluster::spawn_command(command), 1);
     let worker = cluster.started_pid(0, 0).unwrap();
     let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
     let mask = |name: &str| {

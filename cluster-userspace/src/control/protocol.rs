@@ -94,7 +94,8 @@ pub struct WorkerRow {
     pub slot: u32,
     pub pid: Option<i32>,
     /// `starting`, `serving`, `stalled` (serving, but held out of the selection: it stopped
-    /// accepting), `draining`, `stopping`, or `restarting` (no worker).
+    /// accepting), `draining`, `stopping`, or for a slot without a worker `restarting`, or
+    /// `failed` once it gave up.
     pub phase: String,
     pub uptime_s: Option<u64>,
     /// Workers started in the slot after one exited (reload replacements are not restarts).

@@ -1,6 +1,6 @@
 //! How many connections wait in the accept queue of each listening TCP socket on the pool's
 //! port, read from the kernel's sock_diag without blocking: for a listener, `idiag_rqueue` is
-//! the accept-queue length (`sk_ack_backlog`, net/ipv4/inet_diag.c `inet_sk_diag_fill`), and
+//! the accept-queue length (`sk_ack_backlog`, net/ipv4/tcp_diag.c `tcp_diag_get_info`), and
 //! `idiag_inode` names the socket. A listener dump filters on the source port in the kernel
 //! (`inet_diag_dump_icsk`), so the answer stays small on a busy host.
 

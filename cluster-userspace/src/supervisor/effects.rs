@@ -163,20 +163,28 @@ impl SystemEffects {
             .as_ref()
             .and_then(|socket| nix::sys::stat::fstat(socket).ok())
             .map(|stat| stat.st_ino);
-        let waiting: Vec<Pid> = self
-            .probes
-            .workers()
-            .into_iter()
-            .filter(|pid| {
-                let own = self.held.get(pid).and_then(|h| h.inode).map(u64::from);
-                own.or(shared)
-                    .is_some_and(|inode| waiting::waits_on(*pid, inode))
-            })
-            .collect();
-        for pid in &waiting {
+        let mut ready = Vec::new();
+        for pid in self.probes.workers() {
+            let own = self.held.get(&pid).and_then(|h| h.inode).map(u64::from);
+            let Some(inode) = own.or(shared) else {
+                continue;
+            };
+            match waiting::waits_on(pid, inode) {
+                waiting::Seen::Waiting => ready.push(pid),
+                waiting::Seen::NotYet => {}
+                waiting::Seen::Unreadable => {
+                    warn!(
+                        pid = pid.as_raw(),
+                        "cannot read the worker's /proc files (ptrace access) to see it wait on its socket; counting it ready as started (--wait-ready tells the truth here)"
+                    );
+                    ready.push(pid);
+                }
+            }
+        }
+        for pid in &ready {
             self.probes.forget(*pid);
         }
-        waiting
+        ready
     }
 
     /// Steers a new probe's port to `pid`'s starting socket and connects it.

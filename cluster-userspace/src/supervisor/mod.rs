@@ -594,15 +594,17 @@ impl Supervisor {
             };
             match self.health.observe(pid, reading, now) {
                 Some(Verdict::Stalled { queued, waited }) => {
+                    self.fx.hold(slot, true);
+                    // Not skipped when every worker is stalled, nor where no program steers.
+                    let skipped = self.fx.steering.program().is_some_and(|p| p.skipped(slot));
                     warn!(
                         slot,
                         pid = pid.as_raw(),
                         queued,
                         seconds = waited.as_secs_f64(),
-                        skipped = self.fx.steering.program().is_some(),
+                        skipped,
                         "worker stalled"
                     );
-                    self.fx.hold(slot, true);
                 }
                 Some(Verdict::Resumed { queued, waited }) => {
                     info!(

@@ -5,10 +5,10 @@
 //! reads end-of-file from it. The worker has accepted it when the socket's counters show the
 //! probe established and its accept queue is empty again.
 //!
-//! Why a probe rather than watching the process (a blocking `accept` in /proc/PID/syscall, or the
-//! socket in its epoll set): servers that wait in poll, select or io_uring (Python's
-//! socketserver, gunicorn's sync worker) show neither, while every server accepts. Why counters
-//! and the queue rather than the connect: the kernel completes the handshake before any accept
+//! Why a probe where the program can steer one, rather than watching the process as
+//! [`super::waiting`] does under `hash` and `shared`: the probe shows the accept itself, whatever
+//! the server waits in (io_uring included), and needs no ptrace access to the worker. Why
+//! counters and the queue rather than the connect: the kernel completes the handshake before any accept
 //! (net/ipv4/tcp_minisocks.c `tcp_check_req` queues the child), so a finished connect says
 //! nothing about the worker.
 

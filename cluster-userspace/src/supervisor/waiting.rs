@@ -14,18 +14,37 @@ use std::{collections::BTreeSet, fs, os::unix::fs::FileExt as _, path::Path};
 
 use nix::unistd::Pid;
 
+/// What /proc shows of a worker's group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A process of the group waits to accept from the socket.
+    Waiting,
+    /// None does yet.
+    NotYet,
+    /// The worker's /proc files cannot be read: they need ptrace access to it, which a
+    /// supervisor without CAP_SYS_PTRACE lacks for a worker that changed its uid or made itself
+    /// non-dumpable, or under Yama `ptrace_scope` 3.
+    Unreadable,
+}
+
 /// Whether a process of the group `group` waits to accept from the socket with inode `inode`.
 /// Reads only /proc, which never waits for I/O.
 #[must_use]
-pub fn waits_on(group: Pid, inode: u64) -> bool {
+pub fn waits_on(group: Pid, inode: u64) -> Seen {
+    if let Err(err) = fs::read_dir(format!("/proc/{group}/fd"))
+        && err.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Seen::Unreadable;
+    }
     let Ok(entries) = fs::read_dir("/proc") else {
-        return false;
+        return Seen::NotYet;
     };
-    entries
+    let waiting = entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| process_group(pid) == Some(group.as_raw()))
-        .any(|pid| process_waits_on(pid, inode))
+        .any(|pid| process_waits_on(pid, inode));
+    if waiting { Seen::Waiting } else { Seen::NotYet }
 }
 
 /// The process group of `pid`, from /proc/PID/stat (the fifth field; the command name before
@@ -142,10 +161,12 @@ fn selects(pid: i32, nfds: u64, address: u64, fds: &SocketFds) -> bool {
     let Some(bits) = read_memory(pid, address, nfds.min(65536).div_ceil(8)) else {
         return false;
     };
-    fds.0
-        .iter()
-        .filter(|&&fd| fd < nfds)
-        .any(|&fd| usize::try_from(fd / 8).is_ok_and(|i| bits[i] & (1 << (fd % 8)) != 0))
+    fds.0.iter().filter(|&&fd| fd < nfds).any(|&fd| {
+        usize::try_from(fd / 8)
+            .ok()
+            .and_then(|i| bits.get(i))
+            .is_some_and(|byte| byte & (1 << (fd % 8)) != 0)
+    })
 }
 
 /// Whether the epoll set `epfd` of `pid` holds the socket: its fdinfo lists each target as
@@ -202,11 +223,11 @@ mod tests {
             .expect("stat")
             .ino();
         let group = nix::unistd::getpgrp();
-        assert!(!waits_on(group, inode), "nothing accepts yet");
+        assert_eq!(waits_on(group, inode), Seen::NotYet, "nothing accepts yet");
         let addr = listener.local_addr().expect("address");
         let acceptor = thread::spawn(move || listener.accept().map(|_| ()));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !waits_on(group, inode) {
+        while waits_on(group, inode) != Seen::Waiting {
             assert!(
                 Instant::now() < deadline,
                 "the blocked accept was never seen"
