@@ -3,7 +3,8 @@
 //!
 //! This does what `aya_build::build_ebpf` does, with one difference that needs it written out:
 //! aya-build sets `CARGO_ENCODED_RUSTFLAGS` itself, so it cannot pass `-C target-cpu=v3`, and the
-//! round-robin counter needs that CPU's fetching atomic add (../shared/docs/toolchain.md).
+//! round-robin counter needs that CPU's fetching atomic add (BPF ISA v3, `BPF_FETCH`:
+//! <https://www.kernel.org/doc/html/latest/bpf/standardization/instruction-set.html>).
 //!
 //! Needs the nightly toolchain with `rust-src` and `bpf-linker` on PATH; `cargo xtask setup`
 //! provides both and every `cargo xtask` command puts the linker on PATH.

@@ -431,7 +431,7 @@ fn load_network_bytes<const N: usize>(
 
 /// Returns the counter's previous value and advances it, atomically across CPUs. Needs a
 /// fetching atomic add (BPF ISA v3, built with `-C target-cpu=v3`) and `SeqCst`: with relaxed
-/// ordering the emitted instruction did not fetch (../shared/docs/toolchain.md). The BPF target
+/// ordering the emitted instruction did not fetch (measured: the object had a plain add). The BPF target
 /// has 64-bit atomics only.
 #[inline(always)]
 fn advance(index: u32) -> u64 {

@@ -367,18 +367,22 @@ fn under_hash_a_hung_worker_is_killed_and_with_migrate_req_its_queue_served() {
     });
 }
 
-/// Under load (4 clients, a new connection per request, 20 s timeouts), slot 1's worker is
-/// stopped, stalls, and is killed at the 5 s hang timeout. The clients see no failure beyond the
+/// Under load (4 clients from one address, a new connection per request, 20 s timeouts), the
+/// worker that answers them is stopped, stalls, and is killed at the 5 s hang timeout (in
+/// round-robin, sticky and least-conn). The clients see no failure beyond the
 /// requests it had accepted before it stopped: its socket's open connections minus the queued
 /// ones when it stalled. The queued ones are migrated and served.
-#[test]
-fn a_worker_stopped_under_load_costs_only_what_it_had_accepted() {
+fn stopped_under_load(mode: &str) {
     require_root();
     NetNs::isolated(|ns| {
-        let cluster = ns.start_cluster(&["--workers", "4", "--hang-timeout", "5"]);
+        let cluster =
+            ns.start_cluster(&["--workers", "4", "--steering", mode, "--hang-timeout", "5"]);
         let load = Load::start(cluster.addr(), "/", 4, Reuse::NewConnection);
         assert!(load.wait_for_answers(200, PATIENCE), "{}", cluster.log());
-        let pid = pid_of(&cluster.status(), STUCK_SLOT).expect("slot 1 serves");
+        // The worker that answers the load's address (the only one, for sticky).
+        let reply = get(cluster.addr(), "/", None).expect("a request");
+        let pid = reply.pid.expect("x-worker-pid");
+        let slot = u64::from(reply.slot.expect("x-worker-slot"));
         kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP the worker");
         let stalled = wait_for(&cluster, "the stopped worker stalled", |status| {
             row(status, pid).filter(|r| r["phase"] == "stalled")
@@ -386,8 +390,8 @@ fn a_worker_stopped_under_load_costs_only_what_it_had_accepted() {
         let open = stalled["open"].as_i64().expect("open");
         let queued = i64::try_from(stalled["queued"].as_u64().expect("queued")).expect("queued");
         let accepted = u64::try_from(open - queued).unwrap_or(0);
-        let replacement = wait_for(&cluster, "a replacement in slot 1", |status| {
-            pid_of(status, STUCK_SLOT).filter(|&p| p != pid)
+        let replacement = wait_for(&cluster, "a replacement in its slot", |status| {
+            pid_of(status, slot).filter(|&p| p != pid)
         });
         assert!(load.wait_for_answers(200, PATIENCE), "{}", cluster.log());
         let tally = load.stop();
@@ -405,6 +409,21 @@ fn a_worker_stopped_under_load_costs_only_what_it_had_accepted() {
         let (exit, log) = cluster.stop();
         assert!(exit.success(), "{log}");
     });
+}
+
+#[test]
+fn a_worker_stopped_under_load_costs_only_what_it_had_accepted_round_robin() {
+    stopped_under_load("round-robin");
+}
+
+#[test]
+fn a_worker_stopped_under_load_costs_only_what_it_had_accepted_sticky() {
+    stopped_under_load("sticky");
+}
+
+#[test]
+fn a_worker_stopped_under_load_costs_only_what_it_had_accepted_least_conn() {
+    stopped_under_load("least-conn");
 }
 
 /// A single-threaded COMMAND that spends 4 s on one request is stalled while connections wait

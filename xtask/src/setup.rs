@@ -1,5 +1,6 @@
 //! Toolchain bootstrap: the nightly toolchain with `rust-src`, and a bpf-linker built against
-//! that nightly's own libLLVM (../shared/docs/toolchain.md). Idempotent and quick when all is
+//! that nightly's own libLLVM (bpf-linker must use the LLVM that rustc emits bitcode for; see
+//! the bpf-linker README, <https://github.com/aya-rs/bpf-linker>). Idempotent and quick when all is
 //! there; notices a changed nightly because the linker is kept per nightly commit and LLVM.
 
 use std::{
