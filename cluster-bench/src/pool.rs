@@ -77,7 +77,13 @@ impl Pool {
         };
         command
             .args(["run", "--listen", &addr.to_string(), "--steering", steering])
-            .args(["--workers", &workers.to_string()])
+            .args(["--workers", &workers.to_string()]);
+        if steering == "hash" {
+            // The OS baseline: under hash the health check would load the connection counter,
+            // a BPF program on every TCP state change; without it hash runs no BPF at all.
+            command.args(["--hang-timeout", "0"]);
+        }
+        command
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
