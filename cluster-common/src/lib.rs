@@ -37,10 +37,6 @@ pub mod map_names {
     pub const SLOT_STATS: &str = "SLOT_STATS";
     /// `ARRAY`: slot → the id of the socket serving in it ([`crate::MAX_SOCKETS`] when none).
     pub const SLOT_SOCKET: &str = "SLOT_SOCKET";
-    /// `ARRAY`: slot → 1 while its worker is held out of the selection (it stopped accepting),
-    /// else 0. The live table already leaves such a slot out; sticky mode reads this flag to
-    /// send the slot's clients to their fallback meanwhile.
-    pub const HELD: &str = "HELD";
     /// `ARRAY`: socket id → [`crate::SocketStats`], updated atomically.
     pub const SOCKET_STATS: &str = "SOCKET_STATS";
     /// `SK_STORAGE` with `BPF_F_CLONE`: listening socket → [`crate::SocketTag`]. The kernel copies

@@ -9,9 +9,9 @@
 //!   that complete a SYN-cookie handshake turn separate counters: with cookies the program runs
 //!   for both, and the ACK's choice is the one that gets the connection;
 //! - sticky: the client's source address picks a sticky-table bucket, the bucket names a slot.
-//!   If that slot is empty or held (`HELD`: its worker stopped accepting), a second hash of the
-//!   address picks a live-table position instead, so only that slot's clients move, and they
-//!   come back when the slot serves again;
+//!   If that slot is empty (or held out of the selection: user space then points its buckets
+//!   at no slot), a second hash of the address picks a live-table position instead, so only
+//!   that slot's clients move, and they come back when the slot serves again;
 //! - least-conn: of two live sockets, the rotation's choice and a random other one, the one with
 //!   fewer open connections (a tie keeps the rotation's); with two workers that is exact.
 //!
@@ -41,7 +41,13 @@
 //!    (`reuseport_select_sock_by_hash`). Every member of our group is a worker's socket, or the
 //!    supervisor's parking socket, which is replaced once a worker serves so that what waited on
 //!    it migrates; so the connection waits and is served. `SK_DROP` would answer the SYN with a
-//!    RST instead.
+//!    RST instead;
+//! 6. a readiness probe (its source port in `PROBE_PORTS`) whose starting socket is gone from
+//!    `PROBES`, or that would migrate off a closing socket: `SK_DROP`, the one place a connection
+//!    is reset on purpose, so that no serving worker sees a connection nobody made. A port
+//!    lookup that fails means "not a probe";
+//! 7. the counter cannot read a probed connection's remote port (`bpf_probe_read_kernel`
+//!    fails): it counts as the worker's own connection.
 //!    See net/core/filter.c `bpf_run_sk_reuseport` and net/core/sock_reuseport.c
 //!    `reuseport_select_sock`.
 #![no_std]
@@ -98,8 +104,6 @@ static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT, 0)
 static SLOT_SOCKET: Array<u32> = Array::with_max_entries(MAX_SLOTS, 0);
 #[map]
 static SOCKET_STATS: Array<SocketStats> = Array::with_max_entries(MAX_SOCKETS, 0);
-#[map]
-static HELD: Array<u32> = Array::with_max_entries(MAX_SLOTS, 0);
 #[map]
 static PROBES: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
 #[map]
@@ -334,7 +338,6 @@ fn open_at(position: u32) -> u64 {
 #[inline(always)]
 fn select_sticky(ctx: &SkReuseportContext, hash: u32, live_count: u32, kind: Kind) -> u32 {
     if let Some(&slot) = STICKY.get(sticky_bucket(hash))
-        && HELD.get(slot).is_none_or(|&held| held == 0)
         && SOCKETS.select_reuseport(ctx, slot).is_ok()
     {
         record(slot, kind);
@@ -551,7 +554,8 @@ static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Unreachable: the program has no panicking operations (checked arithmetic only). A loop is
+    // Unreachable: the program has no panicking operations (its arithmetic wraps or is clamped:
+    // release builds have no overflow checks, and every index is checked by the map). A loop is
     // the only thing a no_std panic handler can do; the verifier would reject a program that
     // could reach it.
     loop {}

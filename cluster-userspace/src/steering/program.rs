@@ -124,13 +124,12 @@ pub struct SteeringProgram {
     socket_stats: Array<MapData, SocketStats>,
     socket_tags: SkStorage<MapData, SocketTag>,
     sticky_table: Array<MapData, u32>,
-    held: Array<MapData, u32>,
     probes: ReusePortSockArray<MapData>,
     probe_ports: HashMap<MapData, u32, u32>,
     /// Pending probes: slot → source port (network byte order).
     probing: std::collections::BTreeMap<u32, u32>,
-    /// The slots whose `HELD` flag is set in the map.
-    held_written: BTreeSet<u32>,
+    /// The held slots whose buckets the sticky table in the kernel leaves empty.
+    sticky_skipped: BTreeSet<u32>,
     /// Where the search for the next free socket id starts.
     next_socket_id: u32,
     policy: Policy,
@@ -190,11 +189,10 @@ impl SteeringProgram {
             socket_stats: take_map(&mut ebpf, map_names::SOCKET_STATS)?,
             socket_tags: take_map(&mut ebpf, map_names::SOCKET_TAGS)?,
             sticky_table: take_map(&mut ebpf, map_names::STICKY)?,
-            held: take_map(&mut ebpf, map_names::HELD)?,
             probes: take_map(&mut ebpf, map_names::PROBES)?,
             probe_ports: take_map(&mut ebpf, map_names::PROBE_PORTS)?,
             probing: std::collections::BTreeMap::new(),
-            held_written: BTreeSet::new(),
+            sticky_skipped: BTreeSet::new(),
             next_socket_id: 0,
             ebpf,
             program_name,
@@ -226,16 +224,26 @@ impl SteeringProgram {
         self.write_sticky_table()
     }
 
-    /// Writes the sticky table (bucket → slot).
+    /// Writes the sticky table (bucket → slot). A bucket of a slot held out of the selection
+    /// names no slot (`MAX_SLOTS`, past the socket array, whose lookup finds nothing:
+    /// kernel/bpf/reuseport_array.c `reuseport_array_lookup_elem`), so the program sends its
+    /// addresses to their fallback, as for an empty slot, until the slot serves again.
     fn write_sticky_table(&mut self) -> Result<(), ProgramError> {
         if self.policy != Policy::Sticky {
             return Ok(());
         }
+        let skipped = self.live.skipped_slots();
         for (bucket, slot) in self.sticky_slots.entries() {
+            let named = if skipped.contains(&slot) {
+                MAX_SLOTS
+            } else {
+                slot
+            };
             self.sticky_table
-                .set(bucket, slot, 0)
+                .set(bucket, named, 0)
                 .map_err(|e| other("writing the sticky table", &e))?;
         }
+        self.sticky_skipped = skipped;
         Ok(())
     }
 
@@ -346,8 +354,10 @@ impl SteeringProgram {
         let Some(port) = self.probing.remove(&slot) else {
             return Ok(());
         };
-        let _already_empty = self.probes.clear_index(&slot);
+        // The port first: a SYN from it that came in between would find it steered to an empty
+        // index, and be reset.
         let _gone = self.probe_ports.remove(&port);
+        let _already_empty = self.probes.clear_index(&slot);
         if let Some((socket, id)) = socket {
             self.retag(slot, socket, id, 0)?;
         }
@@ -475,17 +485,13 @@ impl SteeringProgram {
         })
     }
 
-    /// Writes the held flags, the dense live table, then its length. A reader that runs in
-    /// between sees a table whose entries may name a slot that just emptied; it skips it by
-    /// probing on.
+    /// Writes the sticky table when the held slots changed, then the dense live table, then
+    /// its length. A reader that runs in between sees a table whose entries may name a slot
+    /// that just emptied; it skips it by probing on.
     fn write_live(&mut self) -> Result<(), ProgramError> {
-        let skipped = self.live.skipped_slots();
-        for &slot in skipped.symmetric_difference(&self.held_written) {
-            self.held
-                .set(slot, u32::from(skipped.contains(&slot)), 0)
-                .map_err(|e| other("writing the HELD flags", &e))?;
+        if self.policy == Policy::Sticky && self.live.skipped_slots() != self.sticky_skipped {
+            self.write_sticky_table()?;
         }
-        self.held_written = skipped;
         for (position, slot) in self.live.table() {
             self.live_table
                 .set(position, slot, 0)
