@@ -148,11 +148,7 @@ impl Steering {
     /// `hash` or `shared` (no program), nor under the cost floors (which read no map).
     pub fn prober(&mut self) -> Option<&mut SteeringProgram> {
         match self {
-            Self::Program(program)
-                if !matches!(program.policy(), Policy::FloorEmpty | Policy::FloorSelect) =>
-            {
-                Some(program)
-            }
+            Self::Program(program) if !program.policy().is_floor() => Some(program),
             _ => None,
         }
     }

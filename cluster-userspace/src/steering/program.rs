@@ -51,6 +51,13 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// Whether this is a cost floor, loaded only to measure: it reads no map and steers nothing
+    /// the supervisor relies on (no probes, no skipping).
+    #[must_use]
+    pub fn is_floor(self) -> bool {
+        matches!(self, Self::FloorEmpty | Self::FloorSelect)
+    }
+
     /// The selector programs to load, in order of preference.
     fn programs(self) -> &'static [&'static str] {
         match self {

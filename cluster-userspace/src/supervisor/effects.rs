@@ -61,6 +61,8 @@ pub struct SystemEffects {
     pub steering: Steering,
     /// The one socket of `--steering shared`, kept for every worker started later.
     shared: Option<Socket>,
+    /// Its inode, which names it in /proc.
+    shared_inode: Option<u64>,
     /// With a program: the socket that keeps the group alive between workers ([`super::parking`]).
     parking: Option<Parking>,
     /// `NOTIFY_SOCKET` for workers.
@@ -75,6 +77,8 @@ pub struct SystemEffects {
     last_broadcast: Option<String>,
     /// Readiness probes of starting workers.
     probes: Probes,
+    /// When /proc may next be looked at for workers waiting on their socket.
+    next_proc_look: Option<Instant>,
 }
 
 impl SystemEffects {
@@ -91,6 +95,10 @@ impl SystemEffects {
             Sharing::Exclusive => Some(listener::open(addr, backlog, Sharing::Exclusive)?),
             Sharing::ReusePort => None,
         };
+        let shared_inode = shared
+            .as_ref()
+            .and_then(|socket| nix::sys::stat::fstat(socket).ok())
+            .map(|stat| stat.st_ino);
         // The floor that selects nothing leaves every connection to the kernel's hash, which
         // would park some on the parking socket for good.
         let parking = match steering.program() {
@@ -106,6 +114,7 @@ impl SystemEffects {
             capture_output,
             steering,
             shared,
+            shared_inode,
             parking,
             notify_env: notify.env_value(),
             output: JoinSet::new(),
@@ -114,6 +123,7 @@ impl SystemEffects {
             channels: BTreeMap::new(),
             last_broadcast: None,
             probes: Probes::new(addr),
+            next_proc_look: None,
         })
     }
 
@@ -128,7 +138,7 @@ impl SystemEffects {
     /// returns the workers seen accepting their probe (each once).
     pub fn accepting(&mut self, now: Instant) -> Vec<Pid> {
         if self.steering.prober().is_none() {
-            return self.seen_waiting();
+            return self.seen_waiting(now);
         }
         for connected in self.probes.take_connected() {
             if let Err(err) = connected.result {
@@ -156,20 +166,25 @@ impl SystemEffects {
     }
 
     /// Where no program can steer a probe (`hash`, `shared`, the cost floors): the workers seen
-    /// in /proc waiting to accept from their socket ([`waiting`]). Each is reported once.
-    fn seen_waiting(&mut self) -> Vec<Pid> {
-        let shared = self
-            .shared
-            .as_ref()
-            .and_then(|socket| nix::sys::stat::fstat(socket).ok())
-            .map(|stat| stat.st_ino);
+    /// in /proc waiting to accept from their socket ([`waiting`]), looked at once per
+    /// [`probe::PROBE_POLL`]. Each is reported once.
+    fn seen_waiting(&mut self, now: Instant) -> Vec<Pid> {
+        if self.next_proc_look.is_some_and(|at| now < at) {
+            return Vec::new();
+        }
+        self.next_proc_look = Some(now + probe::PROBE_POLL);
+        let workers: Vec<(Pid, u64)> = self
+            .probes
+            .workers()
+            .into_iter()
+            .filter_map(|pid| {
+                let own = self.held.get(&pid).and_then(|h| h.inode).map(u64::from);
+                Some((pid, own.or(self.shared_inode)?))
+            })
+            .collect();
         let mut ready = Vec::new();
-        for pid in self.probes.workers() {
-            let own = self.held.get(&pid).and_then(|h| h.inode).map(u64::from);
-            let Some(inode) = own.or(shared) else {
-                continue;
-            };
-            match waiting::waits_on(pid, inode) {
+        for (pid, seen) in waiting::waiting(&workers) {
+            match seen {
                 waiting::Seen::Waiting => ready.push(pid),
                 waiting::Seen::NotYet => {}
                 waiting::Seen::Unreadable => {

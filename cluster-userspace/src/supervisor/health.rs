@@ -124,17 +124,9 @@ impl Health {
         None
     }
 
-    /// Forgets the workers that no longer serve; returns the ones that were stalled.
-    pub fn retain(&mut self, serving: impl Fn(Pid) -> bool) -> Vec<Pid> {
-        let mut gone_stalled = Vec::new();
-        self.watches.retain(|&pid, watch| {
-            let keep = serving(pid);
-            if !keep && watch.stalled {
-                gone_stalled.push(pid);
-            }
-            keep
-        });
-        gone_stalled
+    /// Forgets the workers that no longer serve.
+    pub fn retain(&mut self, serving: impl Fn(Pid) -> bool) {
+        self.watches.retain(|&pid, _| serving(pid));
     }
 
     /// Whether `pid` is stalled now.
@@ -278,7 +270,9 @@ mod tests {
     fn retain_forgets_workers_that_left() {
         let mut h = health(None);
         feed(&mut h, Instant::now(), &[(1, 1); 6]);
-        assert_eq!(h.retain(|_| false), vec![PID]);
+        assert!(h.stalled(PID));
+        h.retain(|_| false);
         assert!(!h.stalled(PID));
+        assert_eq!(h.queued(PID), None);
     }
 }

@@ -66,7 +66,7 @@ use crate::{
     cpus,
     listener::{self, ListenError},
     notify::NotifySocket,
-    steering::{Policy, ProgramError, Steering, enable_run_stats},
+    steering::{ProgramError, Steering, enable_run_stats},
 };
 
 /// Why the supervisor could not start or run.
@@ -136,13 +136,14 @@ pub struct Stopped {
 /// When a started worker counts as serving, and its socket joins the selection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Readiness {
-    /// As soon as it has exec'd (its socket is already listening, so connections queue): a
-    /// COMMAND without `--wait-ready` under steering that cannot probe (`hash`, `shared`, the
-    /// cost floors).
+    /// As soon as it has exec'd. No pool runs this way any more; the state machine's tests use it
+    /// to keep COMMAND scenarios short where readiness is not what they test.
+    #[cfg(test)]
     Started,
-    /// When it has accepted a probe connection from its own socket ([`probe`]): a COMMAND
-    /// without `--wait-ready` under the program. Killed and restarted if that takes longer than
-    /// the timeout.
+    /// When it has shown that it accepts from its socket: a COMMAND without `--wait-ready`. It
+    /// accepts a probe connection the program steers to it ([`probe`]), or, where no program
+    /// steers (`hash`, `shared`, the cost floors), /proc shows it waiting on the socket
+    /// ([`waiting`]). Killed and restarted if that takes longer than the timeout.
     Accepts { timeout: Duration },
     /// When it sends `READY=1` to `NOTIFY_SOCKET`; killed and restarted if that takes longer
     /// than the timeout.
@@ -392,11 +393,10 @@ impl Supervisor {
                 },
                 () = sleep_until(next.map_or_else(Instant::now, Instant::from_std)), if next.is_some() => {}
             }
-            self.answer_reload_waiters();
+            // The top of the loop answers reload waiters and reports slots that gave up.
             if !signals_ok {
                 self.reap();
             }
-            self.report_gave_up(None);
         }
         let stopped = Stopped {
             killed: self.pool.killed().to_vec(),
@@ -579,8 +579,9 @@ impl Supervisor {
             .filter_map(|slot| self.pool.serving(slot).map(|pid| (slot, pid)))
             .collect();
         // A worker that left was taken out of the selection with its slot, held or not.
-        self.health
-            .retain(|pid| serving.iter().any(|&(_, serving)| serving == pid));
+        let serving_pids: std::collections::BTreeSet<Pid> =
+            serving.iter().map(|&(_, pid)| pid).collect();
+        self.health.retain(|pid| serving_pids.contains(&pid));
         for (slot, pid) in serving {
             let Some((inode, counters)) = self.fx.socket_of(pid) else {
                 continue;
@@ -745,7 +746,7 @@ impl Supervisor {
 /// hang kill means under `hash`.
 fn watch_queues(options: &Options, fx: &SystemEffects) -> Option<mpsc::Receiver<QueueLengths>> {
     match fx.steering.counter() {
-        Some(counter) if !matches!(counter.policy(), Policy::FloorEmpty | Policy::FloorSelect) => {}
+        Some(counter) if !counter.policy().is_floor() => {}
         _ => {
             info!(steering = %options.mode,
                   "stall and hang detection is off: it needs the per-socket connection counter (round-robin, sticky, least-conn, or hash with BPF allowed)");

@@ -3,9 +3,9 @@
 //! a deadline). It forks, signals and writes maps only through [`Effects`], so unit tests drive
 //! every transition without root, processes or a kernel.
 //!
-//! A starting worker serves once it is ready: at once (the built-in worker's `READY=1`, or a
-//! COMMAND under steering that cannot probe), at its `READY=1` (`--wait-ready`), or once it has
-//! accepted a probe connection on its own socket ([`Readiness::Accepts`]). A reload's replacement
+//! A starting worker serves once it is ready: at its `READY=1` (the built-in worker, and a
+//! COMMAND with `--wait-ready`), or once it has shown that it accepts from its own socket
+//! ([`Readiness::Accepts`]). A reload's replacement
 //! also has to stay up `--min-uptime` first, unless it reports `READY=1`.
 //!
 //! A slot is a place in the selection (an index of the program's socket array); a worker is one
@@ -429,11 +429,17 @@ impl Pool {
                     }
                     fx.signal(pid, Signal::SIGKILL);
                 }
-                State::Draining { term_by, .. }
-                    if term_by.is_some_and(|t| t <= now)
-                        || (term_by.is_some() && fx.drained(pid)) =>
-                {
-                    if !fx.drained(pid) {
+                // SIGTERM is due before the kill (`term_by` is half of `kill_at`'s time), so this
+                // arm comes first while it is pending.
+                State::Draining {
+                    term_by: term_by @ Some(_),
+                    ..
+                } => {
+                    let drained = fx.drained(pid);
+                    if !drained && term_by.is_some_and(|at| at > now) {
+                        continue;
+                    }
+                    if !drained {
                         warn!(
                             slot,
                             pid = pid.as_raw(),
@@ -824,6 +830,7 @@ impl Pool {
             now
         };
         let (ready_at, ready_by, probing) = match self.config.readiness {
+            #[cfg(test)]
             Readiness::Started => (Some(uptime_met), None, false),
             Readiness::Accepts { timeout } => (Some(uptime_met), Some(now + timeout), true),
             Readiness::Notified { timeout } => (None, Some(now + timeout), false),

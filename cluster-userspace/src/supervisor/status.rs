@@ -83,6 +83,7 @@ pub fn log(status: &PoolStatus) {
             restarts = row.restarts,
             steered = row.steered,
             open = row.open,
+            queued = row.queued,
             connections = row.connections,
             rss_bytes = row.rss_bytes,
             "worker status"

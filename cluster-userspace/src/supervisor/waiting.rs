@@ -10,7 +10,12 @@
 //! call reads. The socket is matched by inode, since servers often duplicate the inherited fd.
 //! A server that waits in io_uring shows none of this: `--wait-ready` is its way.
 
-use std::{collections::BTreeSet, fs, os::unix::fs::FileExt as _, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    os::unix::fs::FileExt as _,
+    path::Path,
+};
 
 use nix::unistd::Pid;
 
@@ -27,24 +32,50 @@ pub enum Seen {
     Unreadable,
 }
 
-/// Whether a process of the group `group` waits to accept from the socket with inode `inode`.
+/// For each `(group, inode)`: whether a process of the worker's process group `group` waits to
+/// accept from the socket with inode `inode`. One pass over /proc finds the groups' members.
 /// Reads only /proc, which never waits for I/O.
 #[must_use]
-pub fn waits_on(group: Pid, inode: u64) -> Seen {
-    if let Err(err) = fs::read_dir(format!("/proc/{group}/fd"))
-        && err.kind() == std::io::ErrorKind::PermissionDenied
-    {
-        return Seen::Unreadable;
-    }
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Seen::NotYet;
-    };
-    let waiting = entries
+pub fn waiting(workers: &[(Pid, u64)]) -> Vec<(Pid, Seen)> {
+    let mut members: BTreeMap<i32, Vec<i32>> = workers
+        .iter()
+        .map(|&(group, _)| (group.as_raw(), Vec::new()))
+        .collect();
+    for pid in fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| process_group(pid) == Some(group.as_raw()))
-        .any(|pid| process_waits_on(pid, inode));
-    if waiting { Seen::Waiting } else { Seen::NotYet }
+    {
+        if let Some(group) = process_group(pid).and_then(|g| members.get_mut(&g)) {
+            group.push(pid);
+        }
+    }
+    workers
+        .iter()
+        .map(|&(group, inode)| {
+            let pids = members.get(&group.as_raw()).map_or(&[][..], Vec::as_slice);
+            (group, seen(group, inode, pids))
+        })
+        .collect()
+}
+
+/// What /proc shows of the group `group`, whose processes are `pids`.
+fn seen(group: Pid, inode: u64, pids: &[i32]) -> Seen {
+    for &pid in pids {
+        match SocketFds::of(pid, inode) {
+            Ok(fds) if !fds.is_empty() && process_waits_on(pid, &fds, inode) => {
+                return Seen::Waiting;
+            }
+            Err(err)
+                if pid == group.as_raw() && err.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                return Seen::Unreadable;
+            }
+            _ => {}
+        }
+    }
+    Seen::NotYet
 }
 
 /// The process group of `pid`, from /proc/PID/stat (the fifth field; the command name before
@@ -55,19 +86,15 @@ fn process_group(pid: i32) -> Option<i32> {
     after_name.split_whitespace().nth(2)?.parse().ok()
 }
 
-fn process_waits_on(pid: i32, inode: u64) -> bool {
+fn process_waits_on(pid: i32, fds: &SocketFds, inode: u64) -> bool {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
-    let fds = SocketFds::of(pid, inode);
-    if fds.is_empty() {
-        return false;
-    }
     tasks.filter_map(Result::ok).any(|task| {
         fs::read_to_string(task.path().join("syscall"))
             .ok()
             .and_then(|line| Blocked::parse(&line))
-            .is_some_and(|blocked| blocked.waits_on(pid, &fds, inode))
+            .is_some_and(|blocked| blocked.waits_on(pid, fds, inode))
     })
 }
 
@@ -75,16 +102,15 @@ fn process_waits_on(pid: i32, inode: u64) -> bool {
 struct SocketFds(BTreeSet<u64>);
 
 impl SocketFds {
-    fn of(pid: i32, inode: u64) -> Self {
+    /// Fails as reading /proc/PID/fd does (EACCES without ptrace access to `pid`).
+    fn of(pid: i32, inode: u64) -> std::io::Result<Self> {
         let target = format!("socket:[{inode}]");
-        let fds = fs::read_dir(format!("/proc/{pid}/fd"))
-            .into_iter()
-            .flatten()
+        let fds = fs::read_dir(format!("/proc/{pid}/fd"))?
             .filter_map(Result::ok)
             .filter(|fd| fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == &*target))
             .filter_map(|fd| fd.file_name().to_str()?.parse().ok())
             .collect();
-        Self(fds)
+        Ok(Self(fds))
     }
 
     fn is_empty(&self) -> bool {
@@ -223,11 +249,12 @@ mod tests {
             .expect("stat")
             .ino();
         let group = nix::unistd::getpgrp();
-        assert_eq!(waits_on(group, inode), Seen::NotYet, "nothing accepts yet");
+        let seen = || waiting(&[(group, inode)])[0].1;
+        assert_eq!(seen(), Seen::NotYet, "nothing accepts yet");
         let addr = listener.local_addr().expect("address");
         let acceptor = thread::spawn(move || listener.accept().map(|_| ()));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while waits_on(group, inode) != Seen::Waiting {
+        while seen() != Seen::Waiting {
             assert!(
                 Instant::now() < deadline,
                 "the blocked accept was never seen"
