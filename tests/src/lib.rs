@@ -235,6 +235,10 @@ impl Drop for BreakableServer {
     }
 }
 
+/// The exit status with which the supervisor says the COMMAND cannot start (README, "Exit
+/// status").
+pub const EXIT_CANNOT_START: i32 = 4;
+
 /// Fails the test unless it runs as root: loading the program needs CAP_BPF and CAP_PERFMON.
 pub fn require_root() {
     assert!(

@@ -12,12 +12,9 @@ use std::{
 };
 
 use cluster_tests::{
-    Cluster, NetNs, PYTHON_SERVER, assert_counters_match, cluster_command, cluster_run, get,
-    ready_line, require_root, run_captured,
+    Cluster, EXIT_CANNOT_START, NetNs, PYTHON_SERVER, assert_counters_match, cluster_command,
+    cluster_run, get, ready_line, require_root, run_captured,
 };
-
-/// The status with which the supervisor says the COMMAND cannot start.
-const EXIT_CANNOT_START: i32 = 4;
 
 /// What `/proc/PID/comm` says: `sh` while the worker sleeps, `python3` once it exec'd the server.
 fn comm(pid: i64) -> Option<String> {

@@ -166,7 +166,10 @@ fn a_reload_that_fails_exits_non_zero_and_a_second_reload_is_refused() {
     // A COMMAND replacement must run 1 s before it takes over, so this reload lasts 2 s.
     let pid = cluster.pid().to_string();
     let first = thread::spawn(move || run_captured(cluster_command(&["reload", "--pid", &pid])));
-    thread::sleep(Duration::from_millis(300));
+    wait_until(
+        || cluster.status()["reloading"] == true,
+        "the first reload under way",
+    );
     let second = cluster.control(&["reload"]);
     assert_fails_with(&second, "a reload is already running");
     let first = first.join().unwrap();

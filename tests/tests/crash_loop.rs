@@ -10,13 +10,10 @@ use std::{
 };
 
 use cluster_tests::{
-    BreakableServer, Cluster, NetNs, all_gone, cluster_command, cluster_run, field, get,
-    require_root, run_captured,
+    BreakableServer, Cluster, EXIT_CANNOT_START, NetNs, all_gone, cluster_command, cluster_run,
+    field, get, require_root, run_captured,
 };
 use nix::unistd::Pid;
-
-/// The status with which the supervisor says the COMMAND cannot start.
-const EXIT_CANNOT_START: i32 = 4;
 
 #[test]
 fn a_command_that_exits_at_once_ends_the_supervisor_with_its_stderr() {

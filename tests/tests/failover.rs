@@ -1,6 +1,6 @@
-//! A worker killed with SIGKILL: its slot leaves the selection, a new worker serves in it, and no
-//! connection fails (refused, reset or otherwise) except ones that worker had already accepted,
-//! at most one per client; connections
+//! A worker killed with SIGKILL: its slot leaves the selection, a new worker serves in it, no
+//! connection is refused, and none fails except ones that worker had already accepted, at most
+//! one per client; connections
 //! still queued on its socket are migrated by the kernel to the other workers. With no worker
 //! serving at all, a connection waits until one does, even through a starting worker that is
 //! killed.
@@ -85,12 +85,14 @@ fn killed_worker_is_replaced_and_costs_only_what_it_had_accepted() {
         "no new worker served slot 0 within 60 s\n{log}"
     );
     let ok = outcomes.ok.load(Ordering::Relaxed);
-    let lost = outcomes.refused.load(Ordering::Relaxed)
-        + outcomes.reset.load(Ordering::Relaxed)
-        + outcomes.other.load(Ordering::Relaxed);
+    let refused = outcomes.refused.load(Ordering::Relaxed);
+    let lost = outcomes.reset.load(Ordering::Relaxed) + outcomes.other.load(Ordering::Relaxed);
     assert!(ok > 100, "too little load to prove anything: {outcomes:?}");
-    // Only connections the killed worker had accepted may fail, whatever the failure: at most
-    // one per client, since each has one request in flight.
+    // The other worker and the parking socket stay in the group, so nothing is ever refused; a
+    // regression that emptied the group (or reset the killed socket's queue) would show here.
+    assert_eq!(refused, 0, "connections were refused: {outcomes:?}\n{log}");
+    // Only connections the killed worker had accepted may fail: at most one per client, since
+    // each has one request in flight.
     assert!(
         lost <= CLIENTS,
         "{lost} connections lost: {outcomes:?}\n{log}"

@@ -35,6 +35,10 @@ use serde_json::Value;
 const PATIENCE: Duration = Duration::from_secs(60);
 /// Client addresses, from the namespace's 127.0.0.0/8.
 const SOURCES: u8 = 40;
+/// `--stall-after` where a test must see the `stalled` phase before the worker is killed or
+/// resumes: the phase then lasts nearly the whole hang timeout (or the 4 s busy request), a wide
+/// window for `status --json` polls on a saturated machine.
+const STALL_AFTER: &str = "0.25";
 /// The slot whose worker is stopped.
 const STUCK_SLOT: u64 = 1;
 
@@ -247,8 +251,16 @@ fn a_stalled_worker_gets_no_connection_until_it_resumes_least_conn() {
 fn hung_is_killed(mode: &str) {
     require_root();
     NetNs::isolated(|ns| {
-        let cluster =
-            ns.start_cluster(&["--workers", "4", "--steering", mode, "--hang-timeout", "5"]);
+        let cluster = ns.start_cluster(&[
+            "--workers",
+            "4",
+            "--steering",
+            mode,
+            "--stall-after",
+            STALL_AFTER,
+            "--hang-timeout",
+            "5",
+        ]);
         let stalled = stall_one(&cluster);
         let queued = stalled.row["queued"].as_u64().expect("queued");
         let replacement = wait_for(&cluster, "a replacement in slot 1", |status| {
@@ -319,6 +331,8 @@ fn under_hash_a_hung_worker_is_killed_and_with_migrate_req_its_queue_served() {
             "4",
             "--steering",
             "hash",
+            "--stall-after",
+            STALL_AFTER,
             "--hang-timeout",
             "5",
         ]);
@@ -375,8 +389,16 @@ fn under_hash_a_hung_worker_is_killed_and_with_migrate_req_its_queue_served() {
 fn stopped_under_load(mode: &str) {
     require_root();
     NetNs::isolated(|ns| {
-        let cluster =
-            ns.start_cluster(&["--workers", "4", "--steering", mode, "--hang-timeout", "5"]);
+        let cluster = ns.start_cluster(&[
+            "--workers",
+            "4",
+            "--steering",
+            mode,
+            "--stall-after",
+            STALL_AFTER,
+            "--hang-timeout",
+            "5",
+        ]);
         let load = Load::start(cluster.addr(), "/", 4, Reuse::NewConnection);
         assert!(load.wait_for_answers(200, PATIENCE), "{}", cluster.log());
         // The worker that answers the load's address (the only one, for sticky).
@@ -436,6 +458,8 @@ fn a_worker_busy_with_one_long_request_is_stalled_not_killed() {
         let cluster = ns.start_cluster(&[
             "--workers",
             "4",
+            "--stall-after",
+            STALL_AFTER,
             "--hang-timeout",
             "20",
             "--",
