@@ -24,7 +24,7 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
     /// Concurrent clients.
-    #[arg(long, value_name = "C", default_value_t = 32)]
+    #[arg(long, value_name = "C", default_value_t = 32, value_parser = parse_concurrency)]
     pub concurrency: usize,
     /// Modes, interleaved in each round [default: all; shared,round-robin with --quick].
     #[arg(long, value_name = "MODE,…", value_delimiter = ',')]
@@ -114,6 +114,20 @@ impl Cli {
     }
 }
 
+/// Parses `--concurrency`: 1 to the load generator's [`cluster_load::MAX_CONCURRENCY`].
+fn parse_concurrency(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|c| (1..=cluster_load::MAX_CONCURRENCY).contains(c))
+        .ok_or_else(|| {
+            format!(
+                "use a whole number from 1 to {}",
+                cluster_load::MAX_CONCURRENCY
+            )
+        })
+}
+
 /// The values given, else the quick or the full default, without repeats.
 fn pick<T: Copy + PartialEq>(
     quick: bool,
@@ -124,7 +138,15 @@ fn pick<T: Copy + PartialEq>(
     let mut list = given
         .cloned()
         .unwrap_or_else(|| if quick { quick_default } else { all.to_vec() });
-    list.dedup();
+    // Repeats anywhere in the list, not only next to each other (`shared,hash,shared`).
+    let mut kept = Vec::with_capacity(list.len());
+    list.retain(|item| {
+        let new = !kept.contains(item);
+        if new {
+            kept.push(*item);
+        }
+        new
+    });
     list
 }
 
@@ -160,5 +182,12 @@ mod tests {
         assert!(plan(&["--duration", "0"]).is_err());
         assert!(plan(&["--modes", "fastest"]).is_err());
         assert!(plan(&["--rounds", "0"]).is_err());
+        assert!(plan(&["--concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn repeated_modes_run_once_each_round() {
+        let plan = plan(&["--modes", "shared,hash,shared,hash"]).unwrap();
+        assert_eq!(plan.modes, [Mode::Shared, Mode::Hash]);
     }
 }

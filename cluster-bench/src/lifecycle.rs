@@ -75,20 +75,15 @@ pub fn disturb(pool: &Pool, scenario: Lifecycle, duration: Duration) -> Result<u
             }
         }
         Lifecycle::Kill => {
-            let mut rng_state = u64::from(std::process::id());
             let mut next = start + KILL_EVERY;
             while next + KILL_EVERY / 2 < start + duration {
                 sleep_until(next);
                 next += KILL_EVERY;
-                let pids = pool.worker_pids()?;
+                let pids = pool.serving_pids()?;
                 if pids.is_empty() {
                     continue;
                 }
-                // xorshift: any spread will do to pick a victim.
-                rng_state ^= rng_state << 13;
-                rng_state ^= rng_state >> 7;
-                rng_state ^= rng_state << 17;
-                let victim = pids[usize::try_from(rng_state % pids.len() as u64).unwrap_or(0)];
+                let victim = pids[fastrand::usize(..pids.len())];
                 if kill(Pid::from_raw(victim), Signal::SIGKILL).is_ok() {
                     made += 1;
                 }

@@ -37,6 +37,7 @@ pub struct Status {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Row {
     pub pid: Option<i32>,
+    pub phase: String,
 }
 
 /// A running pool, stopped when dropped.
@@ -160,6 +161,17 @@ impl Pool {
     /// The pids of the workers now alive.
     pub fn worker_pids(&self) -> Result<Vec<i32>> {
         Ok(self.status()?.rows.iter().filter_map(|r| r.pid).collect())
+    }
+
+    /// The pids of the serving workers.
+    pub fn serving_pids(&self) -> Result<Vec<i32>> {
+        Ok(self
+            .status()?
+            .rows
+            .iter()
+            .filter(|r| r.phase == "serving")
+            .filter_map(|r| r.pid)
+            .collect())
     }
 
     /// The CPU ticks of the supervisor and its workers now.
