@@ -406,12 +406,19 @@ fn stopped_under_load(mode: &str) {
         let pid = reply.pid.expect("x-worker-pid");
         let slot = u64::from(reply.slot.expect("x-worker-slot"));
         kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP the worker");
-        let stalled = wait_for(&cluster, "the stopped worker stalled", |status| {
+        // What it had accepted when it stopped: its open connections minus its queue, read after
+        // a few health checks (0.25 s apart) and long before any client's 20 s timeout closes
+        // one. If it had accepted every request in flight, nothing waits in its queue and it
+        // stalls only once the clients give up and connect again: those requests are the ones
+        // it may cost.
+        thread::sleep(Duration::from_secs(1));
+        let stopped = row(&cluster.status(), pid).expect("the stopped worker's row");
+        let open = stopped["open"].as_i64().expect("open");
+        let queued = stopped["queued"].as_i64().unwrap_or(0);
+        let accepted = u64::try_from(open - queued).unwrap_or(0);
+        wait_for(&cluster, "the stopped worker stalled", |status| {
             row(status, pid).filter(|r| r["phase"] == "stalled")
         });
-        let open = stalled["open"].as_i64().expect("open");
-        let queued = i64::try_from(stalled["queued"].as_u64().expect("queued")).expect("queued");
-        let accepted = u64::try_from(open - queued).unwrap_or(0);
         let replacement = wait_for(&cluster, "a replacement in its slot", |status| {
             pid_of(status, slot).filter(|&p| p != pid)
         });
