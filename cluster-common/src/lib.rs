@@ -13,6 +13,10 @@ pub const MAX_SLOTS: u32 = 1024;
 /// whose connections are still open).
 pub const MAX_SOCKETS: u32 = 8192;
 
+/// Established connections migrated off a closing listener that can be counted on their new
+/// socket at once (`MOVED` entries); past that a migrated connection counts on its old one.
+pub const MAX_MOVED: u32 = 65536;
+
 /// Buckets of the sticky table. A power of two so a bucket is a mask, not a division.
 pub const STICKY_BUCKETS: u32 = 4096;
 
@@ -51,6 +55,14 @@ pub mod map_names {
     pub const PROBES: &str = "PROBES";
     /// `HASH`: a pending probe's source port (network byte order, in a u32) → its slot.
     pub const PROBE_PORTS: &str = "PROBE_PORTS";
+    /// `HASH`: socket cookie of an established connection migrated off a closing listener → the
+    /// id of the socket it moved to. Such a connection keeps its old listener's tag, so its new
+    /// socket's `open` count is raised at the move and lowered, through this entry, as it leaves
+    /// ESTABLISHED.
+    pub const MOVED: &str = "MOVED";
+    /// `ARRAY` of one u64: how many `MOVED` entries exist. While it is 0 the counter looks
+    /// nothing up in `MOVED`.
+    pub const MOVED_COUNT: &str = "MOVED_COUNT";
 }
 
 /// Steering modes the program implements (`Config::mode`).
@@ -121,8 +133,11 @@ pub mod event {
     /// A segment that is not a connection attempt (RST, FIN, …) reached the program; it was left
     /// to the kernel's hash without turning any rotation.
     pub const NOT_A_CONNECTION: u32 = 4;
+    /// An established connection migrated off a closing listener could not be recorded in
+    /// `MOVED` (full): it counts on its old socket until it closes, not on its new one.
+    pub const MOVE_UNRECORDED: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// The program's configuration, the single entry of the `CONFIG` map.

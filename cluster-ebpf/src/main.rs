@@ -20,7 +20,9 @@
 //! in all) and per slot. The tag (`SOCKET_TAGS`) is socket storage that the kernel copies from a
 //! listener to each connection it accepts; sockets without it (clients, other servers) are left
 //! alone at the cost of one storage lookup. A listener's readiness probe (the tag names its
-//! source port) is counted apart, in `probes`.
+//! source port) is counted apart, in `probes`. An established connection migrated off a closing
+//! listener keeps that listener's tag: `select_worker` counts it open on the socket it moves to
+//! and records the move in `MOVED` (by socket cookie), where the counter finds it as it closes.
 //!
 //! Readiness probes: while `CONFIG.probing` is non-zero, a connection whose source port is in
 //! `PROBE_PORTS` goes to that slot's starting socket in `PROBES` (the supervisor's proof that a
@@ -47,7 +49,10 @@
 //!    is reset on purpose, so that no serving worker sees a connection nobody made. A port
 //!    lookup that fails means "not a probe";
 //! 7. the counter cannot read a probed connection's remote port (`bpf_probe_read_kernel`
-//!    fails): it counts as the worker's own connection.
+//!    fails): it counts as the worker's own connection;
+//! 8. a migrated established connection cannot be recorded in `MOVED` (full) or its new socket
+//!    has no counters: it stays counted on the socket it left, as before the move, and is
+//!    counted down there when it closes; the first case counts `event::MOVE_UNRECORDED`.
 //!    See net/core/filter.c `bpf_run_sk_reuseport` and net/core/sock_reuseport.c
 //!    `reuseport_select_sock`.
 #![no_std]
@@ -70,19 +75,23 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         bpf_hdr_start_off::BPF_HDR_START_NET,
+        bpf_sock,
         sk_action::{SK_DROP, SK_PASS},
     },
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_get_prandom_u32, bpf_sk_storage_get, bpf_skb_load_bytes_relative},
+        generated::{
+            bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_sk_storage_get,
+            bpf_skb_load_bytes_relative,
+        },
     },
     macros::{btf_map, btf_tracepoint, map, sk_reuseport},
     maps::{Array, HashMap, PerCpuArray, ReusePortSockArray},
     programs::{BtfTracePointContext, SkReuseportContext, SockContext},
 };
 use cluster_common::{
-    Config, MAX_PROBES, MAX_SLOTS, MAX_SOCKETS, STICKY_BUCKETS, Segment, SlotStats, SocketStats,
-    SocketTag, StickyHash, event, mode, next_position, rotation, second_candidate,
+    Config, MAX_MOVED, MAX_PROBES, MAX_SLOTS, MAX_SOCKETS, STICKY_BUCKETS, Segment, SlotStats,
+    SocketStats, SocketTag, StickyHash, event, mode, next_position, rotation, second_candidate,
     second_is_less_loaded, sticky_bucket, sticky_fallback_start, tcp_state, wrap_counter,
 };
 
@@ -108,6 +117,14 @@ static SOCKET_STATS: Array<SocketStats> = Array::with_max_entries(MAX_SOCKETS, 0
 static PROBES: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
 #[map]
 static PROBE_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SLOTS, 0);
+/// Allocated as entries are added (`BPF_F_NO_PREALLOC`): it is empty but during a migration.
+#[map]
+static MOVED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_MOVED, BPF_F_NO_PREALLOC);
+#[map]
+static MOVED_COUNT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// `BPF_F_NO_PREALLOC` (include/uapi/linux/bpf.h).
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// An `SK_STORAGE` map definition in the BTF form the loader reads (aya-obj `parse_btf_map_def`):
 /// each member's array length is the value. aya-ebpf's own `SkStorage` fixes its flags at
@@ -208,14 +225,14 @@ fn select(ctx: &SkReuseportContext, migration_aware: bool) -> u32 {
         // the connection being moved.
         if config.mode == mode::STICKY {
             let hash = migrating_address_hash(&migrating, &config.sticky);
-            return select_sticky(ctx, hash, live_count, Kind::Migrated);
+            return select_sticky(ctx, hash, live_count, Kind::Migrated(migrating.sock));
         }
         return select_by_rotation(
             ctx,
             config.mode,
             rotation::MIGRATE,
             live_count,
-            Kind::Migrated,
+            Kind::Migrated(migrating.sock),
         );
     }
     let counter = match segment(ctx) {
@@ -451,17 +468,100 @@ fn advance(index: u32) -> u64 {
 #[derive(Clone, Copy)]
 enum Kind {
     Selected,
-    Migrated,
+    /// Carries the connection being moved (`migrating_sk`, not NULL).
+    Migrated(*mut bpf_sock),
 }
 
 #[inline(always)]
 fn record(slot: u32, kind: Kind) {
-    if let Kind::Migrated = kind
-        && let Some(stats) = SLOT_STATS.get_ptr_mut(slot)
-    {
+    let Kind::Migrated(connection) = kind else {
+        return;
+    };
+    if let Some(stats) = SLOT_STATS.get_ptr_mut(slot) {
         // SAFETY: a per-CPU value; `migrated` is only written by this program, which does not
         // nest on a CPU.
         unsafe { (*stats).migrated += 1 };
+    }
+    move_open_count(slot, connection);
+}
+
+/// An established connection moved off a closing listener (one that waited in its accept
+/// queue) keeps that listener's tag, so `count_connections` would count it down there: it is
+/// counted open on the socket of `slot` now, and recorded in `MOVED` so that it is counted down
+/// there too. A request still in its handshake needs nothing: its connection is made from the
+/// new listener, whose tag it inherits (`inet_csk_complete_hashdance` after
+/// `reqsk_migrate_reset`, net/ipv4/inet_connection_sock.c). If `MOVED` is full, the connection
+/// stays counted on its old socket (`event::MOVE_UNRECORDED`).
+#[inline(always)]
+fn move_open_count(slot: u32, connection: *mut bpf_sock) {
+    // SAFETY: `connection` is the non-NULL `migrating_sk`; `state` is a field the verifier allows
+    // on it (net/core/filter.c `bpf_sock_common_is_valid_access`).
+    let state = unsafe { ptr::read_volatile(&raw const (*connection).state) };
+    if state != tcp_state::ESTABLISHED as u32 {
+        return;
+    }
+    let Some(&id) = SLOT_SOCKET.get(slot) else {
+        return;
+    };
+    let Some(stats) = SOCKET_STATS.get_ptr_mut(id) else {
+        return;
+    };
+    // SAFETY: the helper takes any socket pointer (`ARG_PTR_TO_BTF_ID_SOCK_COMMON`).
+    let cookie = unsafe { bpf_get_socket_cookie(connection.cast()) };
+    // SAFETY: a plain lookup; the value is copied out at once.
+    let earlier = unsafe { MOVED.get(cookie) }.copied();
+    if MOVED.insert(cookie, id, 0).is_err() {
+        count(event::MOVE_UNRECORDED);
+        return;
+    }
+    match earlier {
+        // Moved a second time (the socket it had moved to closed as well).
+        Some(earlier) => count_down(earlier),
+        None => {
+            if let Some(moved) = MOVED_COUNT.get_ptr_mut(0) {
+                // SAFETY: a live, aligned u64 of the map; other CPUs update it too.
+                unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(moved, 1) };
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*stats).open, 1) };
+}
+
+/// One open connection fewer on socket `id`.
+#[inline(always)]
+fn count_down(id: u32) {
+    if let Some(stats) = SOCKET_STATS.get_ptr_mut(id) {
+        // SAFETY: a live, aligned u64 field of the map; adding u64::MAX subtracts one.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*stats).open, u64::MAX)
+        };
+    }
+}
+
+/// A connection leaving ESTABLISHED that had been moved off a closing listener is counted down
+/// on the socket it moved to as well (`move_open_count`). Looks nothing up while no connection
+/// is moved.
+#[inline(always)]
+fn count_down_moved(sk: *mut c_void) {
+    match MOVED_COUNT.get(0) {
+        Some(&moved) if moved != 0 => {}
+        _ => return,
+    }
+    // SAFETY: `sk` is the tracepoint's socket; the helper takes any socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    // SAFETY: a plain lookup; the value is copied out at once.
+    let Some(&id) = (unsafe { MOVED.get(cookie) }) else {
+        return;
+    };
+    // Only the CPU whose delete succeeds counts down, should two race for one connection.
+    if MOVED.remove(cookie).is_err() {
+        return;
+    }
+    count_down(id);
+    if let Some(moved) = MOVED_COUNT.get_ptr_mut(0) {
+        // SAFETY: as in `move_open_count`; adding u64::MAX subtracts one.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(moved, u64::MAX) };
     }
 }
 
@@ -520,6 +620,9 @@ pub fn count_connections(ctx: BtfTracePointContext) -> i32 {
         } else {
             atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*stats).open, u64::MAX);
         }
+    }
+    if !entering {
+        count_down_moved(sk);
     }
     if entering && let Some(slot_stats) = SLOT_STATS.get_ptr_mut(slot) {
         // SAFETY: a per-CPU value; `connections` is only written by this program, and the kernel

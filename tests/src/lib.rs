@@ -720,8 +720,19 @@ pub fn get(addr: SocketAddr, path: &str, source: Option<IpAddr>) -> Result<Reply
     stream
         .set_write_timeout(Some(IO_TIMEOUT))
         .map_err(|_| Failure::Other)?;
+    send_request(&mut stream, path).map_err(io_failure)?;
+    read_reply(&mut stream)
+}
+
+/// Writes a `GET path` request that asks the server to close the connection after answering.
+pub fn send_request(stream: &mut TcpStream, path: &str) -> io::Result<()> {
+    let addr = stream.peer_addr()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(io_failure)?;
+    stream.write_all(request.as_bytes())
+}
+
+/// Reads a reply until the server closes the connection.
+pub fn read_reply(stream: &mut TcpStream) -> Result<Reply, Failure> {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io_failure)?;
     parse_reply(&String::from_utf8_lossy(&raw)).ok_or(Failure::Reset)

@@ -11,12 +11,12 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use cluster_tests::{
     Cluster, PYTHON_SERVER, assert_counters_match, assert_exact_rotation, assert_no_fallback,
-    cluster_run, field, get, require_root, tally,
+    cluster_run, field, get, read_reply, require_root, send_request, tally,
 };
 use nix::sys::signal::{Signal, kill};
 
@@ -156,6 +156,111 @@ fn a_command_worker_that_is_busy_gets_no_new_connection() {
         "requests reached the stuck worker: {light:?}"
     );
     drop(stuck);
+    let (status, log) = cluster.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("Traceback"), "{log}");
+}
+
+/// `open` and `migrated` of `slot`'s row in `status --json`, and how many rows there are.
+fn slot_counts(cluster: &Cluster, slot: u64) -> (Option<u64>, Option<u64>, usize) {
+    let status = cluster.status();
+    let rows = status["rows"].as_array().expect("rows");
+    let row = rows.iter().find(|row| row["slot"] == slot);
+    (
+        row.and_then(|row| row["open"].as_u64()),
+        row.and_then(|row| row["migrated"].as_u64()),
+        rows.len(),
+    )
+}
+
+/// Polls `slot_counts` until `done` holds (60 s at most, for a saturated machine); returns the
+/// last reading.
+fn wait_for_counts(
+    cluster: &Cluster,
+    slot: u64,
+    done: impl Fn(&(Option<u64>, Option<u64>, usize)) -> bool,
+) -> (Option<u64>, Option<u64>, usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = slot_counts(cluster, slot);
+        if done(&counts) || Instant::now() > deadline {
+            return counts;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A connection that waited in a closing socket's accept queue is moved by the kernel to
+/// another socket, and keeps the tag of the listener it left. It is counted open on the socket
+/// it moved to for as long as it lives there, so least-conn sees it, and counted down there as
+/// it closes: nothing is left over once the load ends.
+#[test]
+fn a_migrated_connection_counts_on_the_socket_it_moved_to() {
+    require_root();
+    let mut command = cluster_run(&[
+        "--workers",
+        "2",
+        "--steering",
+        "least-conn",
+        "--drain-timeout",
+        "4",
+    ]);
+    command.args(["--", "python3", "-c", PYTHON_SERVER]);
+    let cluster = Cluster::start_command(command);
+    let connect = || {
+        let stream = TcpStream::connect(cluster.addr()).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        stream
+    };
+    // One connection that sends nothing yet on each worker (least-conn puts the second on the
+    // other worker): each single-threaded server blocks in recv(2) on it and accepts nothing
+    // more. Then 10 requests, which least-conn spreads 5 and 5; they wait in the accept queues.
+    let mut holders: Vec<TcpStream> = (0..2).map(|_| connect()).collect();
+    let mut queued: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut stream = connect();
+            send_request(&mut stream, "/").expect("send a request");
+            stream
+        })
+        .collect();
+    let before = wait_for_counts(&cluster, 0, |c| c.0 == Some(6));
+    assert_eq!(
+        before.0,
+        Some(6),
+        "slot 0 before the scale-down: {before:?}"
+    );
+    assert_eq!(slot_counts(&cluster, 1).0, Some(6), "slot 1 before");
+
+    // Slot 1 drains: its server never accepts again, so it gets SIGTERM at half the drain
+    // timeout and dies, and the kernel migrates its 5 queued connections to slot 0's socket.
+    let scaled = cluster.control(&["scale", "1"]);
+    assert!(scaled.status.success(), "{scaled:?}");
+    let moved = wait_for_counts(&cluster, 0, |c| c.1 == Some(5) && c.2 == 1);
+    assert_eq!(
+        moved,
+        (Some(11), Some(5), 1),
+        "slot 0 holds its own 6 and the 5 moved to it, all counted open there\n{}",
+        cluster.log()
+    );
+
+    // Slot 0's holder sends its request, and the server serves everything queued on it.
+    for holder in &mut holders {
+        let _ = send_request(holder, "/");
+    }
+    for (i, stream) in queued.iter_mut().enumerate() {
+        let reply = read_reply(stream).unwrap_or_else(|e| panic!("request {i}: {e:?}"));
+        assert_eq!((reply.status, reply.slot), (200, Some(0)), "request {i}");
+    }
+    drop((holders, queued));
+    let after = wait_for_counts(&cluster, 0, |c| c.0 == Some(0));
+    assert_eq!(
+        after.0,
+        Some(0),
+        "slot 0's count after the load\n{}",
+        cluster.log()
+    );
     let (status, log) = cluster.stop();
     assert!(status.success(), "{log}");
     assert!(!log.contains("Traceback"), "{log}");

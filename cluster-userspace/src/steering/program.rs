@@ -173,6 +173,8 @@ pub struct EventCounters {
     pub addr_unreadable: u64,
     pub sticky_moved: u64,
     pub not_a_connection: u64,
+    /// Established connections migrated while `MOVED` was full: counted on the socket they left.
+    pub move_unrecorded: u64,
 }
 
 impl SteeringProgram {
@@ -489,6 +491,7 @@ impl SteeringProgram {
             addr_unreadable: read(event::ADDR_UNREADABLE)?,
             sticky_moved: read(event::STICKY_MOVED)?,
             not_a_connection: read(event::NOT_A_CONNECTION)?,
+            move_unrecorded: read(event::MOVE_UNRECORDED)?,
         })
     }
 

@@ -715,6 +715,7 @@ impl Supervisor {
                 addr_unreadable = e.addr_unreadable,
                 sticky_moved = e.sticky_moved,
                 not_a_connection = e.not_a_connection,
+                move_unrecorded = e.move_unrecorded,
                 "steering events"
             ),
             Err(err) => warn!(error = %err, "could not read steering events"),
