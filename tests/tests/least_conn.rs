@@ -16,9 +16,8 @@ use std::{
 
 use cluster_tests::{
     Cluster, PYTHON_SERVER, assert_counters_match, assert_exact_rotation, assert_no_fallback,
-    cluster_run, field, get, read_reply, require_root, send_request, tally,
+    cluster_run, get, read_reply, require_root, send_request, tally,
 };
-use nix::sys::signal::{Signal, kill};
 
 /// Light requests, one at a time, each on a new connection: slot → answered.
 fn light_requests(cluster: &Cluster, count: usize) -> BTreeMap<u32, u64> {
@@ -77,18 +76,27 @@ fn equal_load_rotates_exactly() {
     assert_no_fallback(&log);
 }
 
-/// The `open=` counts of the latest `worker status` lines, once every slot reports one.
-fn open_counts(cluster: &Cluster, slots: u32) -> Option<Vec<i64>> {
-    let log = cluster.log();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("worker status"))
-        .collect();
-    let latest = &lines[lines.len().checked_sub(slots as usize)?..];
-    latest
+/// The `open` counts of every slot in `status --json`, by slot.
+fn open_counts(cluster: &Cluster) -> Vec<Option<u64>> {
+    cluster.status()["rows"]
+        .as_array()
+        .expect("rows")
         .iter()
-        .map(|l| field(l, "open")?.parse().ok())
+        .map(|row| row["open"].as_u64())
         .collect()
+}
+
+/// Polls `open_counts` until it equals `wanted` (60 s at most); returns the last reading.
+fn wait_for_open_counts(cluster: &Cluster, wanted: &[u64]) -> Vec<Option<u64>> {
+    let wanted: Vec<Option<u64>> = wanted.iter().copied().map(Some).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = open_counts(cluster);
+        if counts == wanted || Instant::now() > deadline {
+            return counts;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -101,38 +109,17 @@ fn open_counts_return_to_zero_after_the_load() {
     let held: Vec<TcpStream> = (0..6)
         .map(|_| TcpStream::connect(cluster.addr()).unwrap())
         .collect();
-    let mut during = None;
-    for _ in 0..100 {
-        kill(cluster.pid(), Signal::SIGUSR1).unwrap();
-        thread::sleep(Duration::from_millis(50));
-        during = open_counts(&cluster, 3);
-        if during.as_ref().is_some_and(|c| c.iter().sum::<i64>() == 6) {
-            break;
-        }
-    }
-    assert_eq!(
-        during.as_ref().map(|c| c.iter().sum::<i64>()),
-        Some(6),
-        "{during:?}"
-    );
+    let during = wait_for_open_counts(&cluster, &[2, 2, 2]);
     assert_eq!(
         during,
-        Some(vec![2, 2, 2]),
+        [Some(2); 3],
         "6 held connections spread over 3 workers"
     );
     drop(held);
-    let mut after = None;
-    for _ in 0..100 {
-        kill(cluster.pid(), Signal::SIGUSR1).unwrap();
-        thread::sleep(Duration::from_millis(50));
-        after = open_counts(&cluster, 3);
-        if after == Some(vec![0, 0, 0]) {
-            break;
-        }
-    }
+    let after = wait_for_open_counts(&cluster, &[0, 0, 0]);
     assert_eq!(
         after,
-        Some(vec![0, 0, 0]),
+        [Some(0); 3],
         "counts did not return to 0\n{}",
         cluster.log()
     );
