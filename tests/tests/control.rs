@@ -103,12 +103,46 @@ fn status_json_matches_the_workers_and_the_programs_counters() {
         assert!(row["rss_bytes"].as_u64().unwrap() > 1 << 20, "{status}");
         assert!(row["uptime_s"].is_u64(), "{status}");
     }
+    assert_eq!(status["programs"], serde_json::json!([]), "no --bpf-stats");
     // The table for people names the same workers.
     let table = cluster.control(&["status"]);
     assert!(table.status.success(), "{table:?}");
     for pid in &pids {
         assert!(table.stdout.contains(&pid.to_string()), "{table:?}");
     }
+}
+
+/// With `--bpf-stats`, `status --json` carries the kernel's run count and time of the selector
+/// (one run per new connection here: no SYN cookies) and of the connection counter.
+#[test]
+fn status_json_carries_the_programs_run_stats_with_bpf_stats() {
+    require_root();
+    let cluster = Cluster::start(&["--workers", "2", "--bpf-stats"]);
+    let before = cluster.status();
+    let counts = tally(cluster.addr(), "/", 20, 2);
+    assert_eq!(counts.values().sum::<u64>(), 20);
+    let after = cluster.status();
+    let stats = |status: &serde_json::Value, name: &str| -> (u64, u64) {
+        let programs = status["programs"].as_array().expect("programs");
+        let program = programs
+            .iter()
+            .find(|p| p["program"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {status}"));
+        (
+            program["runs"].as_u64().unwrap(),
+            program["run_time_ns"].as_u64().unwrap(),
+        )
+    };
+    let (runs_before, _) = stats(&before, "select_worker");
+    let (runs_after, time_after) = stats(&after, "select_worker");
+    assert_eq!(runs_after - runs_before, 20, "{before}\n{after}");
+    assert!(time_after > 0, "{after}");
+    let (counted_before, _) = stats(&before, "count_connections");
+    let (counted_after, _) = stats(&after, "count_connections");
+    assert!(
+        counted_after - counted_before >= 40,
+        "each connection reaches and leaves ESTABLISHED: {before}\n{after}"
+    );
 }
 
 #[test]

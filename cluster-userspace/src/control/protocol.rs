@@ -86,6 +86,18 @@ pub struct PoolStatus {
     pub serving: u32,
     pub reloading: bool,
     pub rows: Vec<WorkerRow>,
+    /// The kernel's run stats of the selector and the connection counter since they were
+    /// loaded, with `--bpf-stats` only (empty otherwise).
+    #[serde(default)]
+    pub programs: Vec<ProgramStats>,
+}
+
+/// What the kernel counted for one loaded program (`bpf_prog_info` `run_cnt`, `run_time_ns`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramStats {
+    pub program: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
 }
 
 /// One worker, or a slot waiting to restart its worker (`pid` and `phase` `restarting`).

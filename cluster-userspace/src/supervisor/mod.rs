@@ -657,6 +657,7 @@ impl Supervisor {
             &self.health,
             &self.options.addr.to_string(),
             &self.options.mode.to_string(),
+            self.run_stats.is_some(),
         )
     }
 

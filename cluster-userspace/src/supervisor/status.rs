@@ -12,7 +12,7 @@ use super::{
     pool::{Phase, Pool},
 };
 use crate::{
-    control::protocol::{PoolStatus, WorkerRow},
+    control::protocol::{PoolStatus, ProgramStats, WorkerRow},
     telemetry,
 };
 
@@ -24,6 +24,7 @@ pub fn snapshot(
     health: &Health,
     addr: &str,
     steering: &str,
+    with_program_stats: bool,
 ) -> PoolStatus {
     let program = fx.steering.counter();
     let now = Instant::now();
@@ -69,6 +70,32 @@ pub fn snapshot(
         .unwrap_or(u32::MAX),
         reloading: pool.reloading(),
         rows,
+        programs: if with_program_stats {
+            program_stats(fx)
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// The run stats of the loaded programs; none when they cannot be read.
+fn program_stats(fx: &SystemEffects) -> Vec<ProgramStats> {
+    let Some(program) = fx.steering.program() else {
+        return Vec::new();
+    };
+    match program.costs() {
+        Ok(costs) => costs
+            .iter()
+            .map(|cost| ProgramStats {
+                program: cost.program.to_owned(),
+                runs: cost.runs,
+                run_time_ns: u64::try_from(cost.run_time.as_nanos()).unwrap_or(u64::MAX),
+            })
+            .collect(),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read the programs' stats");
+            Vec::new()
+        }
     }
 }
 
