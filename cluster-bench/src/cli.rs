@@ -39,6 +39,16 @@ pub struct Cli {
     /// with --quick].
     #[arg(long, value_name = "SCENARIO,…", value_delimiter = ',')]
     pub lifecycle: Option<Vec<Lifecycle>>,
+    /// Pool sizes at which each in-kernel mode's decision cost is measured, beside the floor
+    /// programs [default: --workers and 64; --workers with --quick].
+    #[arg(long, value_name = "N,…", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub cost_workers: Option<Vec<u32>>,
+    /// Skip the decision cost.
+    #[arg(long, conflicts_with_all = ["cost_workers", "cost_only"])]
+    pub no_cost: bool,
+    /// Measure the decision cost only: no throughput runs, no lifecycle scenario.
+    #[arg(long)]
+    pub cost_only: bool,
     /// Rounds of every mode [default: 3; 1 with --quick].
     #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rounds: Option<u32>,
@@ -64,6 +74,10 @@ pub struct Plan {
     pub patterns: Vec<Pattern>,
     pub scenarios: Vec<Scenario>,
     pub lifecycle: Vec<Lifecycle>,
+    /// Pool sizes for the decision cost (empty: not measured).
+    pub cost_workers: Vec<u32>,
+    /// No throughput run and no lifecycle scenario: the decision cost alone.
+    pub cost_only: bool,
     pub rounds: usize,
 }
 
@@ -103,6 +117,17 @@ impl Cli {
                 Vec::new(),
                 &[Lifecycle::Reload, Lifecycle::Kill],
             ),
+            cost_only: self.cost_only,
+            cost_workers: if self.no_cost {
+                Vec::new()
+            } else {
+                pick(
+                    quick,
+                    self.cost_workers.as_ref(),
+                    vec![self.workers],
+                    &[self.workers, 64],
+                )
+            },
             rounds: self
                 .rounds
                 .map_or(if quick { 1 } else { 3 }, |r| r as usize),
@@ -167,6 +192,15 @@ mod tests {
         assert_eq!((quick.rounds, quick.duration), (1, 2.0));
         assert_eq!(quick.patterns, [Pattern::PerRequest]);
         assert!(quick.lifecycle.is_empty());
+        assert_eq!(quick.cost_workers, [2]);
+        assert_eq!(plan(&[]).unwrap().cost_workers, [2, 64]);
+        assert_eq!(
+            plan(&["--workers", "64"]).unwrap().cost_workers,
+            [64],
+            "no size twice"
+        );
+        assert!(plan(&["--no-cost"]).unwrap().cost_workers.is_empty());
+        assert!(plan(&["--no-cost", "--cost-only"]).is_err());
         let full = plan(&[]).unwrap();
         assert_eq!(
             (full.modes.len(), full.rounds, full.scenarios.len()),

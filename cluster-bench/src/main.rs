@@ -7,6 +7,7 @@
 
 mod cli;
 mod cpu;
+mod decision_cost;
 mod lifecycle;
 mod matrix;
 mod plots;
@@ -79,9 +80,17 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let steps = schedule(&plan.scenarios, &plan.patterns, &plan.modes, plan.rounds);
-    let disturbed: Vec<_> = plan
-        .lifecycle
+    let steps = if plan.cost_only {
+        Vec::new()
+    } else {
+        schedule(&plan.scenarios, &plan.patterns, &plan.modes, plan.rounds)
+    };
+    let lifecycle = if plan.cost_only {
+        &[][..]
+    } else {
+        &plan.lifecycle[..]
+    };
+    let disturbed: Vec<_> = lifecycle
         .iter()
         .flat_map(|l| plan.patterns.iter().map(move |p| (*l, *p)))
         .flat_map(|(l, p)| {
@@ -91,8 +100,19 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
                 .map(move |m| (l, p, *m))
         })
         .collect();
+    let cost_modes = decision_cost::CostMode::plan(&plan.modes);
+    if plan.cost_only && (cost_modes.is_empty() || plan.cost_workers.is_empty()) {
+        bail!(
+            "--cost-only measures the in-kernel modes: give --modes with round-robin, sticky or \
+             least-conn"
+        );
+    }
+    let cost_steps: Vec<(usize, u32, decision_cost::CostMode)> = (1..=plan.rounds)
+        .flat_map(|round| plan.cost_workers.iter().map(move |w| (round, *w)))
+        .flat_map(|(round, workers)| cost_modes.iter().map(move |m| (round, workers, *m)))
+        .collect();
     let progress = Progress::new(
-        steps.len() + disturbed.len() + 1,
+        steps.len() + disturbed.len() + cost_steps.len() + usize::from(!plan.cost_only),
         !cli.quiet && std::io::stderr().is_terminal(),
     );
     let iterations = Iterations::default();
@@ -107,8 +127,13 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
         iterations,
     };
     progress.note(&format!("bench: {}", placement.description));
-    let calibration = runner.calibrate().context("calibrating the /work loop")?;
-    progress.run_done();
+    let calibration = if plan.cost_only {
+        None
+    } else {
+        let calibration = runner.calibrate().context("calibrating the /work loop")?;
+        progress.run_done();
+        Some(calibration)
+    };
     let mut runs: BTreeMap<Case, Vec<Run>> = BTreeMap::new();
     for step in steps {
         let run = runner.run(step).with_context(|| {
@@ -142,6 +167,19 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
             run.disturbances
         ));
         lifecycle_runs.push(run);
+    }
+    let mut cost_runs = Vec::new();
+    for (round, workers, mode) in cost_steps {
+        let run = runner
+            .decision_cost(mode, workers, round)
+            .with_context(|| {
+                format!("the decision cost of {mode}, {workers} workers, round {round}")
+            })?;
+        progress.note(&format!(
+            "bench: cost {mode} {workers} workers round {round}: {:.0} ns per decision",
+            run.ns_per_decision
+        ));
+        cost_runs.push((mode, workers, run));
     }
     progress.finish();
 
@@ -177,10 +215,12 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
             scenarios: plan.scenarios.clone(),
             iterations,
             sticky_sources: STICKY_SOURCES,
+            cost_workers: plan.cost_workers.clone(),
         },
-        calibration: Some(calibration),
+        calibration,
         cases,
         lifecycle: lifecycle_runs,
+        decision_cost: decision_cost::summarize(cost_runs),
         targets: Vec::new(),
     };
     bench.targets = targets::evaluate(&bench);

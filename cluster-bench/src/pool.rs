@@ -31,6 +31,17 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct Status {
     pub serving: u32,
     pub rows: Vec<Row>,
+    /// The programs' kernel run stats, with `--bpf-stats` only.
+    #[serde(default)]
+    pub programs: Vec<ProgramStats>,
+}
+
+/// One program's kernel run stats in `cluster status --json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ProgramStats {
+    pub program: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
 }
 
 /// One worker row of `cluster status --json`.
@@ -60,12 +71,14 @@ pub struct PoolTicks {
 
 impl Pool {
     /// Starts `cluster run` with `workers` demo workers steered by `steering` on a free port,
-    /// restricted to `cpus` (`None`: anywhere), and waits until every slot serves.
+    /// restricted to `cpus` (`None`: anywhere), with `extra` options, and waits until every
+    /// slot serves.
     pub fn start(
         binary: &Path,
         steering: &str,
         workers: u32,
         cpus: Option<&[usize]>,
+        extra: &[&str],
     ) -> Result<Self> {
         let addr = free_port()?;
         let mut command = match cpus {
@@ -78,7 +91,8 @@ impl Pool {
         };
         command
             .args(["run", "--listen", &addr.to_string(), "--steering", steering])
-            .args(["--workers", &workers.to_string()]);
+            .args(["--workers", &workers.to_string()])
+            .args(extra);
         if steering == "hash" {
             // The OS baseline: under hash the health check would load the connection counter,
             // a BPF program on every TCP state change; without it hash runs no BPF at all.

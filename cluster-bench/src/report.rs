@@ -112,6 +112,31 @@ pub fn markdown(bench: &Bench) -> String {
             );
         }
     }
+    if !bench.decision_cost.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Decision cost (light handler, a new connection per request, `--bpf-stats`)\n\n\
+             The kernel's own run time of each program per run, beside a program that decides \
+             nothing (`floor-empty`) and one that only calls `bpf_sk_select_reuseport` \
+             (`floor-select`), in the same rounds. The counter runs at every TCP state change \
+             of the host (about ten per connection, clients included).\n\n\
+             | workers | program | ns per decision | × floor-select | counter ns per run |\n\
+             |---|---|---|---|---|"
+        );
+        for c in &bench.decision_cost {
+            let counter = Spread::of(c.runs.iter().map(|r| r.counter_ns_per_run));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                c.workers,
+                c.mode,
+                c.ns_per_decision.show(0),
+                c.versus_select
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+                optional(counter.as_ref(), 0)
+            );
+        }
+    }
     let _ = writeln!(out, "\n## Plots\n");
     for (file, title) in PLOTS {
         let _ = writeln!(out, "![{title}]({file})\n");
@@ -124,11 +149,13 @@ pub fn markdown(bench: &Bench) -> String {
 pub fn terminal(bench: &Bench) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "placement: {}", bench.placement.description);
-    let _ = writeln!(
-        out,
-        "{:<8} {:<12} {:<12} {:>22} {:>20} {:>8} {:>8}",
-        "handler", "pattern", "mode", "req/s", "p99 ms", "failed", "max/min"
-    );
+    if !bench.cases.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<8} {:<12} {:<12} {:>22} {:>20} {:>8} {:>8}",
+            "handler", "pattern", "mode", "req/s", "p99 ms", "failed", "max/min"
+        );
+    }
     for c in &bench.cases {
         let m = &c.summary;
         let _ = writeln!(
@@ -142,6 +169,17 @@ pub fn terminal(bench: &Bench) -> String {
             m.failed.show(0),
             m.share_max_over_min
                 .map_or_else(|| "-".to_owned(), |r| format!("{:.3}", r.median)),
+        );
+    }
+    for c in &bench.decision_cost {
+        let _ = writeln!(
+            out,
+            "cost {:>4} workers {:<13} {:>18} ns per decision {}",
+            c.workers,
+            c.mode.steering(),
+            c.ns_per_decision.show(0),
+            c.versus_select
+                .map_or_else(String::new, |r| format!("({r:.2}× floor-select)"))
         );
     }
     for t in bench
@@ -171,6 +209,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         cpu::Placement,
+        decision_cost::{CostMode, CostRun},
         matrix::{Case, Iterations, Mode, Pattern, Scenario},
         results::{Calibration, CaseResult, CpuSeconds, Run, SCHEMA, Settings, Summary, System},
         targets,
@@ -236,6 +275,7 @@ pub(crate) mod tests {
                 scenarios: vec![Scenario::Light],
                 iterations: Iterations::default(),
                 sticky_sources: 256,
+                cost_workers: vec![2],
             },
             calibration: Some(Calibration {
                 iterations: 16_000_000,
@@ -243,6 +283,10 @@ pub(crate) mod tests {
                 ns_per_iteration: 0.375,
             }),
             lifecycle: Vec::new(),
+            decision_cost: crate::decision_cost::summarize(vec![
+                (CostMode::FloorSelect, 2, cost_run(200.0)),
+                (CostMode::RoundRobin, 2, cost_run(250.0)),
+            ]),
             cases: vec![
                 case(
                     Mode::Hash,
@@ -257,6 +301,17 @@ pub(crate) mod tests {
         };
         bench.targets = targets::evaluate(&bench);
         bench
+    }
+
+    fn cost_run(ns_per_decision: f64) -> CostRun {
+        CostRun {
+            round: 1,
+            decisions: 1000,
+            ns_per_decision,
+            counter_runs: 10_000,
+            counter_ns_per_run: 90.0,
+            requests_per_second: 5000.0,
+        }
     }
 
     #[test]
@@ -283,7 +338,17 @@ pub(crate) mod tests {
             "{report}"
         );
         assert!(
-            report.contains("1 met, 1 missed, 3 not measured."),
+            report.contains("| 2 | round-robin | 250 | 1.25 | 90 |"),
+            "{report}"
+        );
+        assert!(
+            report.contains(
+                "| round-robin decision cost within 1.3 × the select-only program, 2 workers | 1.25× (250 ns; floor-select 200 ns) | met |"
+            ),
+            "{report}"
+        );
+        assert!(
+            report.contains("2 met, 1 missed, 3 not measured."),
             "{report}"
         );
         for (file, _) in PLOTS {

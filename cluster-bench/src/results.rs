@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::{
     cpu::Placement,
+    decision_cost::CostResult,
     lifecycle::LifecycleRun,
     matrix::{Case, Iterations, Mode, Pattern, Scenario},
     stats::Spread,
@@ -29,6 +30,8 @@ pub struct Bench {
     pub calibration: Option<Calibration>,
     pub cases: Vec<CaseResult>,
     pub lifecycle: Vec<LifecycleRun>,
+    /// Each in-kernel mode's cost per decision beside the floors, per pool size.
+    pub decision_cost: Vec<CostResult>,
     pub targets: Vec<Target>,
 }
 
@@ -58,6 +61,8 @@ pub struct Settings {
     pub iterations: Iterations,
     /// Source addresses the clients spread over in `sticky`.
     pub sticky_sources: u32,
+    /// Pool sizes of the decision cost.
+    pub cost_workers: Vec<u32>,
 }
 
 /// What the uniform handler's loop costs on this machine: sequential requests to one worker.

@@ -154,11 +154,16 @@ impl Runner<'_> {
     }
 
     fn pool(&self, steering: &str, workers: u32) -> Result<Pool> {
+        self.pool_with(steering, workers, &[])
+    }
+
+    /// A pool placed as the bench's placement says, with `extra` options for `cluster run`.
+    pub fn pool_with(&self, steering: &str, workers: u32, extra: &[&str]) -> Result<Pool> {
         let cpus = self
             .placement
             .pinned
             .then_some(self.placement.pool_cpus.as_slice());
-        Pool::start(self.binary, steering, workers, cpus)
+        Pool::start(self.binary, steering, workers, cpus, extra)
             .with_context(|| format!("a pool for {steering}"))
     }
 }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::{
+    decision_cost::CostMode,
     lifecycle::Lifecycle,
     matrix::{Mode, Pattern, Scenario},
     results::{Bench, CaseResult},
@@ -67,19 +68,48 @@ pub fn evaluate(bench: &Bench) -> Vec<Target> {
     least_conn_on_mixed(bench, &mut targets);
     workers_scale(bench, &mut targets);
     lifecycle(bench, &mut targets);
-    for wanted in [
+    targets.push(Target::not_measured(
         "the seeds' app under this pool ≥ 1.0 × under Node's cluster (≥ 1.6× with no loop); \
-         least-conn on mixed ≥ 0.95 × Node's cluster",
-        "round-robin decision cost within 1.3 × the select-only program",
-    ] {
-        let why = if wanted.contains("Node") {
-            "the Node peer is not in the bench yet"
-        } else {
-            "measured by `cargo xtask cost`, not by this bench (see the README, Decision cost)"
-        };
-        targets.push(Target::not_measured(wanted.to_owned(), why));
-    }
+         least-conn on mixed ≥ 0.95 × Node's cluster"
+            .to_owned(),
+        "the Node peer is not in the bench yet",
+    ));
+    decision_cost(bench, &mut targets);
     targets
+}
+
+/// Round-robin within 1.3 × and least-conn within 2 × the select-only program, per pool size.
+fn decision_cost(bench: &Bench, targets: &mut Vec<Target>) {
+    for (mode, limit) in [(CostMode::RoundRobin, 1.3), (CostMode::LeastConn, 2.0)] {
+        let wanted = format!("{mode} decision cost within {limit} × the select-only program");
+        let measured: Vec<_> = bench
+            .decision_cost
+            .iter()
+            .filter(|c| c.mode == mode)
+            .collect();
+        if measured.is_empty() {
+            targets.push(Target::not_measured(
+                wanted,
+                "no decision cost of this mode was measured (--no-cost, or the mode not in --modes)",
+            ));
+            continue;
+        }
+        for c in measured {
+            let wanted = format!("{wanted}, {} workers", c.workers);
+            match c.versus_select {
+                Some(ratio) => targets.push(Target::check(
+                    wanted,
+                    format!(
+                        "{ratio:.2}× ({} ns; floor-select {:.0} ns)",
+                        c.ns_per_decision.show(0),
+                        c.ns_per_decision.median / ratio
+                    ),
+                    ratio <= limit,
+                )),
+                None => targets.push(Target::not_measured(wanted, "floor-select did not run")),
+            }
+        }
+    }
 }
 
 fn rps(case: &CaseResult) -> f64 {

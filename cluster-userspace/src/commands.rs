@@ -176,6 +176,7 @@ mod tests {
                     ..WorkerRow::default()
                 },
             ],
+            programs: Vec::new(),
         };
         let text = table(&status);
         let lines: Vec<&str> = text.lines().collect();

@@ -163,6 +163,25 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
         at(&json, "lifecycle").as_array().unwrap().is_empty(),
         "--quick runs no lifecycle scenario"
     );
+    // The decision cost: the floors and the in-kernel mode asked for, at --workers, with the
+    // kernel's run stats read (decisions counted), whatever they cost.
+    assert_eq!(at(&json, "settings.cost_workers"), &serde_json::json!([2]));
+    let costs = at(&json, "decision_cost").as_array().unwrap();
+    let cost_modes: Vec<&str> = costs
+        .iter()
+        .map(|c| at(c, "mode").as_str().unwrap())
+        .collect();
+    assert_eq!(cost_modes, ["floor-empty", "floor-select", "round-robin"]);
+    for cost in costs {
+        assert_eq!(at(cost, "workers"), 2);
+        at(cost, "ns_per_decision.median");
+        assert!(at(cost, "versus_select").is_f64(), "{cost}");
+        let run = at(cost, "runs.0");
+        assert!(at(run, "decisions").as_u64().unwrap() > 0, "{cost}");
+        assert!(at(run, "counter_runs").as_u64().unwrap() > 0, "{cost}");
+        at(run, "ns_per_decision");
+        at(run, "counter_ns_per_run");
+    }
     for target in at(&json, "targets").as_array().unwrap() {
         assert!(
             ["met", "missed", "not-measured"].contains(&at(target, "verdict").as_str().unwrap()),
@@ -178,6 +197,8 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
         "- placement: ",
         "## Targets",
         "## light handler, per-request",
+        "## Decision cost",
+        "| 2 | round-robin |",
         "| shared | 2 |",
         "| round-robin | 2 |",
         "## Plots",

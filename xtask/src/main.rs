@@ -1,7 +1,6 @@
 //! `cargo xtask`: project tasks. `setup` installs what the eBPF build needs; `build`, `run`,
 //! `load`, `lint` and `test` run it first, then cargo with bpf-linker on PATH.
 
-mod cost;
 mod setup;
 
 use std::{
@@ -24,8 +23,9 @@ commands:
                         (`cargo xtask load --help` lists its options)
   lint                  clippy (host crates and the eBPF crate) and rustdoc, warnings denied
   test [ARGS]           build and run every test (the integration tests need root)
-  cost [--workers N] [--seconds S] [--clients C] [--rounds R]
-                        what each steering program costs per decision, beside the floors (root)
+  cost [ARGS]           the bench's decision cost alone (`bench --cost-only --modes
+                        round-robin,sticky,least-conn ARGS`): what each steering program costs
+                        per decision, beside the floors (root)
   bench [--quick] [ARGS]
                         build (release) and run the bench `cluster-bench ARGS`: every steering
                         mode side by side, report and plots (root; `cargo xtask bench --help`)";
@@ -73,8 +73,12 @@ fn run(args: Vec<OsString>) -> Result<()> {
         "bench" => tasks.run_bench(rest),
         "lint" => tasks.lint(),
         "cost" => {
-            let options = cost::Options::parse(rest)?;
-            cost::run(&tasks.build_cluster("release")?, options)
+            let mut args: Vec<OsString> =
+                ["--cost-only", "--modes", "round-robin,sticky,least-conn"]
+                    .map(OsString::from)
+                    .to_vec();
+            args.extend(rest.iter().cloned());
+            tasks.run_bench(&args)
         }
         _ => tasks.test(rest),
     }
