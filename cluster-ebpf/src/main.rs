@@ -488,10 +488,10 @@ fn record(slot: u32, kind: Kind) {
 /// An established connection moved off a closing listener (one that waited in its accept
 /// queue) keeps that listener's tag, so `count_connections` would count it down there: it is
 /// counted open on the socket of `slot` now, and recorded in `MOVED` so that it is counted down
-/// there too. A request still in its handshake needs nothing: its connection is made from the
-/// new listener, whose tag it inherits (`inet_csk_complete_hashdance` after
-/// `reqsk_migrate_reset`, net/ipv4/inet_connection_sock.c). If `MOVED` is full, the connection
-/// stays counted on its old socket (`event::MOVE_UNRECORDED`).
+/// there too. A request still in its handshake needs nothing: its connection is created later
+/// from the listener it moved to, so it inherits that listener's tag (net/ipv4/tcp_ipv4.c
+/// `tcp_v4_rcv`, net/ipv4/inet_connection_sock.c `inet_csk_listen_stop`). If `MOVED` is full,
+/// the connection stays counted on its old socket (`event::MOVE_UNRECORDED`).
 #[inline(always)]
 fn move_open_count(slot: u32, connection: *mut bpf_sock) {
     // SAFETY: `connection` is the non-NULL `migrating_sk`; `state` is a field the verifier allows
