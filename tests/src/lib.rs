@@ -137,6 +137,43 @@ impl Drop for SharedBinary {
     }
 }
 
+/// A fresh directory for one test (`cluster-NAME-PID` in the temporary directory), removed when
+/// dropped, also when the test fails.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Creates the directory, replacing a stale one.
+    #[must_use]
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("cluster-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        Self(dir)
+    }
+
+    /// The directory's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A file `name` in it with `content`, mode 0755.
+    #[must_use]
+    pub fn executable(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, content).expect("write a scratch file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A server that knows nothing of `cluster`: it takes fd 3 as sd_listen_fds(3) describes,
 /// checks the variables, and answers each connection with its slot and pid. Given the argument
 /// `notify`, it reports readiness as sd_notify(3) describes (`@` is the abstract namespace).
@@ -1026,6 +1063,23 @@ impl NetNs {
             .unwrap_or_else(|e| panic!("write {value} to {path} in the test namespace: {e}"));
         let read = self.run(|| std::fs::read_to_string(&path)).unwrap();
         assert_eq!(read.trim(), value, "{path} in the test namespace");
+    }
+
+    /// The namespace's `TcpExt` counters (`/proc/net/netstat`, read from a thread inside it):
+    /// name → value, such as `TCPMigrateReqSuccess` and `TCPMigrateReqFailure`.
+    #[must_use]
+    pub fn tcp_ext(&self) -> BTreeMap<String, u64> {
+        let text = self
+            .run(|| std::fs::read_to_string("/proc/thread-self/net/netstat"))
+            .expect("read /proc/net/netstat");
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+        assert_eq!(rows.len(), 2, "TcpExt names and values:\n{text}");
+        rows[0]
+            .split_whitespace()
+            .zip(rows[1].split_whitespace())
+            .skip(1)
+            .map(|(name, value)| (name.to_owned(), value.parse().expect("a counter")))
+            .collect()
     }
 
     /// Runs `test` on a thread inside a new namespace (threads it starts are inside too).

@@ -13,8 +13,8 @@ use std::{
 };
 
 use cluster_tests::{
-    BreakableServer, Captured, Cluster, SharedBinary, as_nobody, cluster_command, cluster_run,
-    field, get, ready_line, require_root, run_captured, tally,
+    BreakableServer, Captured, Cluster, ScratchDir, SharedBinary, as_nobody, cluster_command,
+    cluster_run, field, get, ready_line, require_root, run_captured, tally,
 };
 
 /// The control socket's path, from the `ready` line.
@@ -40,24 +40,6 @@ fn assert_fails_with(out: &Captured, needle: &str) {
     assert!(!out.status.success(), "{out:?}");
     assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out:?}");
     assert!(out.stderr.contains(needle), "wanted {needle:?}: {out:?}");
-}
-
-/// A temporary directory for `XDG_RUNTIME_DIR`, removed when dropped.
-struct RuntimeDir(PathBuf);
-
-impl RuntimeDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("cluster-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for RuntimeDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
@@ -232,9 +214,9 @@ fn the_control_socket_is_private() {
     assert_fails_with(&run_captured(command), "permission denied");
 
     // Even where the file is reachable, the supervisor refuses a peer of another uid.
-    let dir = RuntimeDir::new("open-control");
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let open_path = dir.0.join("ctl.sock");
+    let dir = ScratchDir::new("open-control");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let open_path = dir.path().join("ctl.sock");
     let open = Cluster::start_command(cluster_run(&[
         "--workers",
         "1",
@@ -314,18 +296,18 @@ fn bad_input_gets_a_one_line_error_and_the_pool_serves_on() {
 #[test]
 fn subcommands_find_the_only_supervisor_and_ask_when_there_are_several() {
     require_root();
-    let dir = RuntimeDir::new("xdg");
+    let dir = ScratchDir::new("xdg");
     let in_dir = |args: &[&str]| {
         let mut command = cluster_command(args);
-        command.env("XDG_RUNTIME_DIR", &dir.0);
+        command.env("XDG_RUNTIME_DIR", dir.path());
         command
     };
     let out = run_captured(in_dir(&["status"]));
     assert_fails_with(&out, "no cluster supervisor is running");
-    assert!(out.stderr.contains(dir.0.to_str().unwrap()), "{out:?}");
+    assert!(out.stderr.contains(dir.path().to_str().unwrap()), "{out:?}");
 
     let mut first = cluster_run(&["--workers", "1"]);
-    first.env("XDG_RUNTIME_DIR", &dir.0);
+    first.env("XDG_RUNTIME_DIR", dir.path());
     let first = Cluster::start_command(first);
     let out = run_captured(in_dir(&["status", "--json"]));
     assert!(out.status.success(), "{out:?}");
@@ -336,7 +318,7 @@ fn subcommands_find_the_only_supervisor_and_ask_when_there_are_several() {
     );
 
     let mut second = cluster_run(&["--workers", "1"]);
-    second.env("XDG_RUNTIME_DIR", &dir.0);
+    second.env("XDG_RUNTIME_DIR", dir.path());
     let second = Cluster::start_command(second);
     let out = run_captured(in_dir(&["status"]));
     assert_fails_with(&out, "several cluster supervisors are running");

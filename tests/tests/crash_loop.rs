@@ -1,17 +1,19 @@
 //! Crash loops end: a slot whose worker keeps exiting right after it starts gives up after
 //! `--max-restarts` unstable starts. A COMMAND that never starts ends the supervisor with status 4
-//! and its stderr in the error; a pool whose other slots work serves on without the failed slot,
-//! which `status` shows as `failed` and a reload starts afresh.
+//! and its stderr in the error, or the error of its exec when that failed; a pool whose other
+//! slots work serves on without the failed slot, which `status` shows as `failed` and a reload
+//! starts afresh.
 
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use cluster_tests::{
-    BreakableServer, Cluster, EXIT_CANNOT_START, NetNs, all_gone, cluster_command, cluster_run,
-    field, get, require_root, run_captured,
+    BreakableServer, Cluster, EXIT_CANNOT_START, NetNs, ScratchDir, all_gone, cluster_command,
+    cluster_run, field, get, require_root, run_captured,
 };
 use nix::unistd::Pid;
 
@@ -46,6 +48,84 @@ fn a_command_that_exits_at_once_ends_the_supervisor_with_its_stderr() {
         .filter_map(|l| Some(Pid::from_raw(field(l, "pid")?.parse().ok()?)))
         .collect();
     assert!(workers.len() >= 9, "{}", out.stderr);
+    assert!(
+        all_gone(&workers, Duration::from_secs(5)),
+        "workers left behind"
+    );
+}
+
+/// Executable files that the kernel cannot run: execve fails in the worker after fork, and the
+/// supervisor learns it from the worker's exec-status pipe, without waiting on it. Each start is
+/// an unstable one told by the exec's error, and the supervisor ends with status 4 naming that
+/// error, with what it means for the file.
+#[test]
+fn a_command_whose_exec_fails_ends_the_supervisor_naming_the_exec_error() {
+    require_root();
+    let dir = ScratchDir::new("exec-fails");
+    let cases = [
+        // Neither ELF nor `#!`: ENOEXEC.
+        (
+            dir.executable("not-a-program", "hello world\n"),
+            "Exec format error",
+            "a script needs a first line `#!INTERPRETER`",
+        ),
+        // A script whose interpreter does not exist: ENOENT, for a file that exists.
+        (
+            dir.executable("script", "#!/no/such/interpreter\necho hi\n"),
+            "No such file or directory",
+            "the interpreter its `#!` line names, `/no/such/interpreter`, does not exist",
+        ),
+    ];
+    for (program, errno_text, meaning) in &cases {
+        exec_fails(program, errno_text, meaning);
+    }
+}
+
+/// Runs a pool of `program` until it gives up, and checks that the exec's error names the
+/// program, `errno_text` and `meaning`, in the log's fields and in the last line.
+fn exec_fails(program: &Path, errno_text: &str, meaning: &str) {
+    let mut command = cluster_run(&["--workers", "2", "--max-restarts", "2"]);
+    command.args(["--log-format", "json", "--"]).arg(program);
+    let out = run_captured(command);
+    assert_eq!(out.status.code(), Some(EXIT_CANNOT_START), "{}", out.stderr);
+    let exec_error = format!("exec of `{}` failed: {errno_text}", program.display());
+    let events: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    // Every failed start, the restart and the give-up, by their `status` field.
+    let told: Vec<&serde_json::Value> = events
+        .iter()
+        .map(|e| &e["fields"])
+        .filter(|f| {
+            f["status"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&exec_error))
+        })
+        .collect();
+    assert!(told.len() >= 3, "{}", out.stderr);
+    for fields in &told {
+        let status = fields["status"].as_str().unwrap_or_default();
+        assert!(status.contains(meaning), "{status}");
+        assert!(fields["pid"].is_i64(), "a worker was forked: {fields}");
+    }
+    let gave_up = told
+        .iter()
+        .find(|f| f["unstable_starts"] == 2 && f["stderr"].is_string())
+        .unwrap_or_else(|| panic!("no event for the slot that gave up:\n{}", out.stderr));
+    assert_eq!(gave_up["stderr"], "none (the worker was not started)");
+    let error = out.stderr.lines().last().unwrap_or_default();
+    assert!(error.starts_with("error: "), "{}", out.stderr);
+    assert!(
+        error.contains(&format!("could not be started: {exec_error}")),
+        "{error}"
+    );
+    assert!(error.contains(meaning), "{error}");
+    let workers: Vec<Pid> = told
+        .iter()
+        .filter_map(|f| Some(Pid::from_raw(i32::try_from(f["pid"].as_i64()?).ok()?)))
+        .collect();
     assert!(
         all_gone(&workers, Duration::from_secs(5)),
         "workers left behind"

@@ -46,21 +46,6 @@ fn pool_in_namespace(args: &[&str]) -> (NetNs, Cluster) {
     (ns, cluster)
 }
 
-/// The namespace's `TcpExt` counters (`/proc/net/netstat`, read from a thread inside it).
-fn tcp_ext(ns: &NetNs) -> BTreeMap<String, u64> {
-    let text = ns
-        .run(|| std::fs::read_to_string("/proc/thread-self/net/netstat"))
-        .expect("read /proc/net/netstat");
-    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-    assert_eq!(rows.len(), 2, "TcpExt names and values:\n{text}");
-    rows[0]
-        .split_whitespace()
-        .zip(rows[1].split_whitespace())
-        .skip(1)
-        .map(|(name, value)| (name.to_owned(), value.parse().expect("a counter")))
-        .collect()
-}
-
 /// How far `counter` moved between two readings.
 fn moved(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, counter: &str) -> u64 {
     let value = |map: &BTreeMap<String, u64>| {
@@ -233,7 +218,7 @@ fn a_stuck_worker_replaced_by_a_reload_has_its_queue_served_elsewhere() {
         queue_owners(&ns, &cluster, 2),
         cluster.log()
     );
-    let before = tcp_ext(&ns);
+    let before = ns.tcp_ext();
 
     kill(cluster.pid(), Signal::SIGHUP).expect("signal the supervisor");
     let replies = all_answered(&cluster, sent);
@@ -247,7 +232,7 @@ fn a_stuck_worker_replaced_by_a_reload_has_its_queue_served_elsewhere() {
         assert!(Instant::now() < deadline, "the stuck worker is still there");
         thread::sleep(Duration::from_millis(20));
     }
-    let after = tcp_ext(&ns);
+    let after = ns.tcp_ext();
     assert!(
         busy.join().unwrap().is_err(),
         "the stuck request died with its worker"
@@ -351,7 +336,7 @@ fn a_blocked_command_worker_scaled_away_has_its_queue_served_elsewhere() {
             .collect::<Vec<_>>(),
         cluster.log()
     );
-    let before = tcp_ext(&ns);
+    let before = ns.tcp_ext();
 
     kill(cluster.pid(), Signal::SIGTTOU).expect("signal the supervisor");
     let replies = all_answered(&cluster, sent);
@@ -364,7 +349,7 @@ fn a_blocked_command_worker_scaled_away_has_its_queue_served_elsewhere() {
             .then_some(())
     });
     assert!(exited.is_some(), "{}", cluster.log());
-    let after = tcp_ext(&ns);
+    let after = ns.tcp_ext();
     let blocker_answers: Vec<Vec<u8>> = blockers.into_iter().map(|t| t.join().unwrap()).collect();
 
     let (status, log) = cluster.stop();

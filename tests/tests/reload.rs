@@ -1,13 +1,15 @@
 //! Rolling reloads under load: each slot's replacement starts on a new socket, takes the old
 //! socket's place in the program's map once ready, and the old worker drains. Nothing is lost:
 //! no refusal, reset, truncated answer or non-200, with new connections or kept-alive ones, with
-//! the built-in worker or a COMMAND that exits at once on SIGTERM. A replacement that fails
-//! stops the reload and leaves the old worker serving.
+//! the built-in worker or a COMMAND that exits at once on SIGTERM. Under `hash`, which has no map,
+//! the built-in worker loses nothing either with new connections, when
+//! `net.ipv4.tcp_migrate_req=1` migrates what is queued on a closing socket. A replacement that
+//! fails stops the reload and leaves the old worker serving.
 
 use std::{collections::BTreeSet, time::Duration};
 
 use cluster_tests::{
-    BreakableServer, Cluster, PYTHON_SERVER, assert_no_fallback, cluster_run,
+    BreakableServer, Cluster, NetNs, PYTHON_SERVER, assert_no_fallback, cluster_run,
     load::{Load, Reuse, Tally},
     require_root,
 };
@@ -122,6 +124,27 @@ fn reloads_of_a_command_that_exits_at_once_on_sigterm_lose_nothing() {
     let cluster = Cluster::start_command(command);
     let load = Load::start(cluster.addr(), "/", 4, Reuse::NewConnection);
     assert_no_fallback(&reloads_lose_nothing(cluster, load));
+}
+
+/// The README's promise for `hash`: no map, so a replacement's socket takes its hash share as
+/// soon as it listens (those connections wait in its queue until it accepts), and what is
+/// queued on the old socket when it closes is migrated, not reset, with
+/// `net.ipv4.tcp_migrate_req=1` in the network namespace. So with that sysctl the built-in
+/// worker, which drains, loses nothing. (A COMMAND gets SIGTERM at once under `hash`, so one
+/// that exits at once on it loses what it is handling; the README gives the measured loss.)
+#[test]
+fn hash_reloads_with_tcp_migrate_req_lose_nothing() {
+    require_root();
+    NetNs::isolated(|ns| {
+        ns.sysctl("net.ipv4.tcp_migrate_req", "1");
+        let before = ns.tcp_ext();
+        let cluster = ns.start_cluster(&["--workers", "4", "--steering", "hash"]);
+        let load = Load::start(cluster.addr(), "/", 4, Reuse::NewConnection);
+        let _log = reloads_lose_nothing(cluster, load);
+        let after = ns.tcp_ext();
+        let reset = "TCPMigrateReqFailure";
+        assert_eq!(after[reset], before[reset], "queues were reset");
+    });
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod live;
 mod program;
+mod socket_ids;
 mod sticky;
 
 use std::os::fd::BorrowedFd;
@@ -100,6 +101,15 @@ impl Steering {
             }
             Self::KernelHash(Some(counter)) => counter.tag(slot, socket).map(Some),
             Self::KernelHash(None) | Self::Shared => Ok(None),
+        }
+    }
+
+    /// The socket tagged `id` is gone: its id may be dealt to a new socket once no connection
+    /// of it is left open.
+    pub fn socket_closed(&mut self, id: SocketId) {
+        match self {
+            Self::Program(program) | Self::KernelHash(Some(program)) => program.release(id),
+            Self::KernelHash(None) | Self::Shared => {}
         }
     }
 

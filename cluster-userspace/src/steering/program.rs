@@ -18,7 +18,7 @@ use cluster_common::{
     map_names, mode,
 };
 
-use super::{live::LiveSlots, sticky::StickyTable};
+use super::{live::LiveSlots, socket_ids::SocketIds, sticky::StickyTable};
 
 /// The object built from `cluster-ebpf` by build.rs.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cluster-steering"));
@@ -137,8 +137,8 @@ pub struct SteeringProgram {
     probing: std::collections::BTreeMap<u32, u32>,
     /// The held slots whose buckets the sticky table in the kernel leaves empty.
     sticky_skipped: BTreeSet<u32>,
-    /// Where the search for the next free socket id starts.
-    next_socket_id: u32,
+    /// The socket ids dealt to sockets that are not gone.
+    socket_ids: SocketIds,
     policy: Policy,
     sticky: StickyHash,
     /// Which slot owns each sticky bucket.
@@ -202,7 +202,7 @@ impl SteeringProgram {
             probe_ports: take_map(&mut ebpf, map_names::PROBE_PORTS)?,
             probing: std::collections::BTreeMap::new(),
             sticky_skipped: BTreeSet::new(),
-            next_socket_id: 0,
+            socket_ids: SocketIds::new(MAX_SOCKETS),
             ebpf,
             program_name,
             policy,
@@ -312,22 +312,36 @@ impl SteeringProgram {
     }
 
     /// Gives a new listening socket of `slot` an id with fresh counters, and tags it with both,
-    /// so that every connection it accepts carries them. Ids are dealt out in turn, skipping any
-    /// whose earlier socket still has connections open.
+    /// so that every connection it accepts carries them. Ids are dealt out in turn, skipping the
+    /// ones of sockets not yet [released](Self::release) and any whose counters still show
+    /// connections open (an unreadable count counts as open).
     pub fn tag(&mut self, slot: u32, socket: BorrowedFd<'_>) -> Result<SocketId, ProgramError> {
-        let id = (0..MAX_SOCKETS)
-            .map(|step| (self.next_socket_id + step) % MAX_SOCKETS)
-            .find(|&id| self.socket_stats.get(&id, 0).is_ok_and(|s| s.open == 0))
+        let stats = &self.socket_stats;
+        let id = self
+            .socket_ids
+            .take(|id| !stats.get(&id, 0).is_ok_and(|s| s.open == 0))
             .ok_or_else(|| ProgramError::Other {
                 op: "choosing a socket id",
-                detail: format!("all {MAX_SOCKETS} ids have connections open"),
+                detail: format!(
+                    "all {MAX_SOCKETS} ids belong to sockets of the pool or to their open connections"
+                ),
             })?;
-        self.next_socket_id = (id + 1) % MAX_SOCKETS;
-        self.socket_stats
+        let tagged = self
+            .socket_stats
             .set(id, SocketStats::default(), 0)
-            .map_err(|e| other("resetting SOCKET_STATS", &e))?;
-        self.retag(slot, socket, SocketId(id), 0)?;
+            .map_err(|e| other("resetting SOCKET_STATS", &e))
+            .and_then(|()| self.retag(slot, socket, SocketId(id), 0));
+        if let Err(err) = tagged {
+            self.socket_ids.release(id);
+            return Err(err);
+        }
         Ok(SocketId(id))
+    }
+
+    /// The socket tagged `id` is gone (closed by its last holder): its id may be dealt again
+    /// once its connections are closed too.
+    pub fn release(&mut self, id: SocketId) {
+        self.socket_ids.release(id.0);
     }
 
     /// Sends the connections from `port` (the supervisor's readiness probe) to `socket`, the

@@ -1,7 +1,8 @@
 //! The pool's effects on the system ([`Effects`]): opening worker sockets and starting workers
 //! on them, writing the steering maps, signalling process groups, and reading whether a socket
-//! has drained. Holds what the supervisor keeps per worker: its socket until it serves, and the
-//! socket's id for its counters.
+//! has drained. Holds what the supervisor keeps per worker: its socket until it serves, the
+//! socket's id for its counters (until the worker is gone), and its exec-status pipe until it
+//! has exec'd.
 
 use std::{
     collections::BTreeMap,
@@ -22,6 +23,7 @@ use tracing::{debug, error, warn};
 use super::{
     SupervisorError,
     channel::{self, WorkerChannel},
+    exec_status::ExecStatuses,
     output::{StderrTail, WorkerPipes},
     parking::Parking,
     pool::Effects,
@@ -69,6 +71,8 @@ pub struct SystemEffects {
     notify_env: String,
     /// The tasks logging the workers' output and carrying their messages.
     pub output: JoinSet<()>,
+    /// Whether each worker started lately has exec'd.
+    pub exec: ExecStatuses,
     held: BTreeMap<Pid, Held>,
     /// The last lines of each worker's stderr, where it is captured.
     stderr_tails: BTreeMap<Pid, StderrTail>,
@@ -118,6 +122,7 @@ impl SystemEffects {
             parking,
             notify_env: notify.env_value(),
             output: JoinSet::new(),
+            exec: ExecStatuses::default(),
             held: BTreeMap::new(),
             stderr_tails: BTreeMap::new(),
             channels: BTreeMap::new(),
@@ -296,21 +301,15 @@ impl SystemEffects {
     fn worker_socket<'a>(&'a self, own: Option<&'a Socket>) -> Option<BorrowedFd<'a>> {
         own.or(self.shared.as_ref()).map(AsFd::as_fd)
     }
-}
 
-impl Effects for SystemEffects {
-    fn start(&mut self, slot: u32) -> Result<Pid, SupervisorError> {
-        let (own_socket, socket_id, inode) = match &self.shared {
-            Some(_) => (None, None, None),
-            None => {
-                let socket = listener::open(self.addr, self.backlog, Sharing::ReusePort)?;
-                let id = self.steering.socket_listening(slot, socket.as_fd())?;
-                let inode = nix::sys::stat::fstat(&socket)
-                    .ok()
-                    .and_then(|stat| u32::try_from(stat.st_ino).ok());
-                (Some(socket), id, inode)
-            }
-        };
+    /// Starts a worker for `slot` on `own_socket` (tagged `socket_id`), or on the shared socket.
+    fn start_on(
+        &mut self,
+        slot: u32,
+        own_socket: Option<Socket>,
+        socket_id: Option<SocketId>,
+        inode: Option<u32>,
+    ) -> Result<Pid, SupervisorError> {
         let pipes = if self.capture_output {
             Some(WorkerPipes::new().map_err(|source| SupervisorError::Os {
                 op: "creating the pipes for a worker's output",
@@ -338,8 +337,13 @@ impl Effects for SystemEffects {
             output: pipes.as_ref().map(WorkerPipes::child_ends),
             channel: Some(channel_theirs.as_fd()),
         };
-        let pid = spawn::spawn(&self.program, &handoff)?;
+        let forked = spawn::spawn(&self.program, &handoff)?;
+        let pid = forked.pid;
         drop(channel_theirs);
+        if let Err(err) = self.exec.watch(pid, forked.exec_status) {
+            warn!(slot, pid = pid.as_raw(), error = %err,
+                  "cannot watch whether the worker's exec succeeds; a failed exec shows only as its exit");
+        }
         if let Some(pipes) = pipes {
             let tail = pipes.forward(slot, pid, &mut self.output);
             self.stderr_tails.insert(pid, tail);
@@ -364,6 +368,30 @@ impl Effects for SystemEffects {
             },
         );
         Ok(pid)
+    }
+}
+
+impl Effects for SystemEffects {
+    fn start(&mut self, slot: u32) -> Result<Pid, SupervisorError> {
+        let (own_socket, socket_id, inode) = match &self.shared {
+            Some(_) => (None, None, None),
+            None => {
+                let socket = listener::open(self.addr, self.backlog, Sharing::ReusePort)?;
+                let id = self.steering.socket_listening(slot, socket.as_fd())?;
+                let inode = nix::sys::stat::fstat(&socket)
+                    .ok()
+                    .and_then(|stat| u32::try_from(stat.st_ino).ok());
+                (Some(socket), id, inode)
+            }
+        };
+        let started = self.start_on(slot, own_socket, socket_id, inode);
+        if started.is_err()
+            && let Some(id) = socket_id
+        {
+            // The socket closed with the failed start.
+            self.steering.socket_closed(id);
+        }
+        started
     }
 
     fn serve(&mut self, slot: u32, pid: Pid) -> bool {
@@ -442,11 +470,19 @@ impl Effects for SystemEffects {
         }
         self.channels.remove(&pid);
         self.stderr_tails.remove(&pid);
-        if self.held.remove(&pid).is_some_and(|h| h.socket.is_some()) {
-            debug!(
-                pid = pid.as_raw(),
-                "closed the socket of a worker that never served"
-            );
+        if let Some(held) = self.held.remove(&pid) {
+            if held.socket.is_some() {
+                debug!(
+                    pid = pid.as_raw(),
+                    "closed the socket of a worker that never served"
+                );
+            }
+            // Reaped, its group killed: its socket closes with them. (A process that left the
+            // group could keep it open; ids are dealt in turn, so its id comes back only after
+            // every other one.)
+            if let Some(id) = held.socket_id {
+                self.steering.socket_closed(id);
+            }
         }
         // Only now, with the socket closed: a probe still queued on it was reset rather than
         // migrated, because its port was still known to the program.

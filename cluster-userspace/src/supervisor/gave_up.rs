@@ -61,11 +61,11 @@ impl Report {
 
     /// The stderr lines on one line.
     fn stderr_text(&self) -> String {
-        match (&self.stderr, self.gave_up.pid) {
-            (_, None) => "none (the worker was not started)".to_owned(),
-            (None, Some(_)) => "not captured (--log-passthrough)".to_owned(),
-            (Some(lines), Some(_)) if lines.is_empty() => "empty".to_owned(),
-            (Some(lines), Some(_)) => lines.join(" | "),
+        match (&self.stderr, self.gave_up.started) {
+            (_, false) => "none (the worker was not started)".to_owned(),
+            (None, true) => "not captured (--log-passthrough)".to_owned(),
+            (Some(lines), true) if lines.is_empty() => "empty".to_owned(),
+            (Some(lines), true) => lines.join(" | "),
         }
     }
 }
@@ -101,14 +101,15 @@ impl fmt::Display for CannotStart {
              row, and no worker ever stayed up past --min-uptime; ",
             g.slot, g.unstable_starts
         )?;
-        match g.pid {
-            Some(_) => write!(
+        if g.started {
+            write!(
                 f,
                 "the last one ended with {}, stderr: {}",
                 g.last,
                 self.0.stderr_text()
-            )?,
-            None => write!(f, "the last one could not be started: {}", g.last)?,
+            )?;
+        } else {
+            write!(f, "the last one could not be started: {}", g.last)?;
         }
         write!(
             f,
@@ -126,6 +127,7 @@ mod tests {
             gave_up: GaveUp {
                 slot: 1,
                 pid: pid.map(Pid::from_raw),
+                started: pid.is_some(),
                 last: "exit code 3".to_owned(),
                 unstable_starts: 9,
                 pool_fails: true,
@@ -165,6 +167,19 @@ mod tests {
         assert!(
             unstarted.contains("could not be started: exit code 3"),
             "{unstarted}"
+        );
+        // Forked, but its exec failed: nothing it wrote is worth showing.
+        let mut exec_failed = report(Some(42), Some(vec![]));
+        exec_failed.gave_up.started = false;
+        exec_failed.gave_up.last = "exec of `/srv/app` failed: Exec format error".to_owned();
+        assert_eq!(
+            exec_failed.stderr_text(),
+            "none (the worker was not started)"
+        );
+        let text = CannotStart(exec_failed).to_string();
+        assert!(
+            text.contains("the last one could not be started: exec of `/srv/app` failed"),
+            "{text}"
         );
     }
 }

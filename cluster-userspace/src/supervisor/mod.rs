@@ -2,17 +2,19 @@
 //! they keep failing, until their slot gives up), logs what they print, and stops them all on
 //! SIGTERM, SIGINT or SIGQUIT.
 //!
-//! One event loop on one thread, joined by signals ([`signals`]), readiness notifications and
-//! timers (restarts, readiness deadlines); later inputs (a control socket) join the same
-//! `select!`, on one thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits, so the
-//! forking thread must live as long as the pool. The only other thread writes the log
-//! ([`crate::telemetry`]); it starts after the handled signals are blocked, so it never takes one,
-//! and a forked child makes only async-signal-safe calls before exec ([`spawn`]).
+//! One event loop on one thread, joined by signals ([`signals`]), readiness notifications, the
+//! workers' exec statuses ([`exec_status`]) and timers (restarts, readiness deadlines); later
+//! inputs (a control socket) join the same `select!`, on one thread: PR_SET_PDEATHSIG fires
+//! when the *thread* that forked exits, so the forking thread must live as long as the pool. The
+//! only other thread writes the log ([`crate::telemetry`]); it starts after the handled signals
+//! are blocked, so it never takes one, and a forked child makes only async-signal-safe calls
+//! before exec ([`spawn`]).
 
 pub mod accept_queues;
 pub mod backoff;
 pub mod channel;
 pub mod effects;
+pub mod exec_status;
 pub mod gave_up;
 pub mod health;
 pub mod memory;
@@ -46,6 +48,7 @@ use self::{
     accept_queues::{AcceptQueues, QueueLengths},
     backoff::RestartPolicy,
     effects::SystemEffects,
+    exec_status::ExecOutcome,
     gave_up::{CannotStart, Report},
     health::{Health, HealthConfig, Reading, Verdict},
     output::StderrTail,
@@ -386,6 +389,7 @@ impl Supervisor {
                     Err(err) => warn!(error = %err, "readiness notification dropped"),
                 },
                 pending = self.control.recv() => self.control_request(pending),
+                (pid, outcome) = self.fx.exec.next() => self.exec_reported(pid, outcome),
                 _ = memory_checks.tick(), if self.memory.is_some() => self.check_memory(),
                 lengths = next_reading(&mut self.queue_readings) => match lengths {
                     Some(lengths) => self.check_health(&lengths),
@@ -661,9 +665,29 @@ impl Supervisor {
         )
     }
 
+    /// Acts on what `pid`'s exec-status pipe said: a failed exec tells the pool why the worker
+    /// is about to exit.
+    fn exec_reported(&mut self, pid: Pid, outcome: io::Result<ExecOutcome>) {
+        match outcome {
+            Ok(ExecOutcome::Ran) => {}
+            Ok(ExecOutcome::Failed(errno)) => {
+                let err = self.options.program.exec_error(errno);
+                self.pool.exec_failed(pid, err.to_string());
+            }
+            Err(err) => {
+                warn!(pid = pid.as_raw(), error = %err, "could not read whether the worker's exec succeeded");
+            }
+        }
+    }
+
     /// Collects every exited child.
     fn reap(&mut self) {
         for (pid, status) in exited_children() {
+            // Its exec error, if it had one, was written before it exited: read it now if the
+            // loop has not yet.
+            if let Some(outcome) = self.fx.exec.settle(pid) {
+                self.exec_reported(pid, outcome);
+            }
             // Taken before the pool forgets the worker: its slot may give up on this exit.
             let tail = self.fx.stderr_tail(pid).map(|tail| (pid, tail));
             self.pool

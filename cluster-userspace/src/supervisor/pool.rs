@@ -3,6 +3,9 @@
 //! a deadline). It forks, signals and writes maps only through [`Effects`], so unit tests drive
 //! every transition without root, processes or a kernel.
 //!
+//! A worker's exec may fail after it was started ([`Pool::exec_failed`]): it exits at once, and
+//! its exit counts as a start that never became ready, described by the exec's error.
+//!
 //! A starting worker serves once it is ready: at its `READY=1` (the built-in worker, and a
 //! COMMAND with `--wait-ready`), or once it has shown that it accepts from its own socket
 //! ([`Readiness::Accepts`]). A reload's replacement
@@ -138,8 +141,10 @@ pub struct ReloadOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GaveUp {
     pub slot: u32,
-    /// The last worker, if it was started at all.
+    /// The last worker, if it was forked at all.
     pub pid: Option<Pid>,
+    /// Whether the last worker ran its program: forked, and its exec succeeded.
+    pub started: bool,
     /// How the last start ended: its exit status, or why it could not be started.
     pub last: String,
     pub unstable_starts: u32,
@@ -192,6 +197,8 @@ struct Worker {
     slot: u32,
     started: Instant,
     state: State,
+    /// Why its exec failed, if it did: it then exits without having run its program.
+    exec_failure: Option<String>,
 }
 
 impl Worker {
@@ -537,6 +544,15 @@ impl Pool {
         }
     }
 
+    /// `pid`'s exec failed, for `reason`: it exits without having run its program (the child
+    /// exits right after it reports the error). Its exit is then told by `reason` rather than by
+    /// its exit status, and counts like any start that never became ready.
+    pub fn exec_failed(&mut self, pid: Pid, reason: String) {
+        if let Some(worker) = self.workers.get_mut(&pid) {
+            worker.exec_failure = Some(reason);
+        }
+    }
+
     /// `pid` exited with `status`: take it out, restart its slot if it left the slot without a
     /// worker, and fail the reload if it was a replacement that never served.
     pub fn exited(&mut self, fx: &mut impl Effects, pid: Pid, status: WaitStatus, now: Instant) {
@@ -545,7 +561,10 @@ impl Pool {
         };
         fx.forget(pid);
         let slot = worker.slot;
-        let exit = ExitDescription(status);
+        let exit = match worker.exec_failure {
+            Some(reason) => ExitDescription::NotStarted(reason),
+            None => ExitDescription::Status(status),
+        };
         let stopping = self.shutdown.is_some();
         let Some(entry) = self.slots.get_mut(slot as usize) else {
             info!(slot, pid = pid.as_raw(), status = %exit, "worker of a removed slot exited");
@@ -560,9 +579,15 @@ impl Pool {
                     && reload.in_flight.get(&slot) == Some(&pid)
                 {
                     reload.in_flight.remove(&slot);
-                    let reason = format!(
-                        "the replacement for slot {slot} (pid {pid}) exited before it was ready: {exit}"
-                    );
+                    let reason = if exit.started() {
+                        format!(
+                            "the replacement for slot {slot} (pid {pid}) exited before it was ready: {exit}"
+                        )
+                    } else {
+                        format!(
+                            "could not start the replacement for slot {slot} (pid {pid}): {exit}"
+                        )
+                    };
                     error!(slot, pid = pid.as_raw(), status = %exit, "replacement exited before it was ready; the old worker keeps serving");
                     reload.failure.get_or_insert(reason);
                     reload.pending.clear();
@@ -600,6 +625,14 @@ impl Pool {
                       "worker exited; restarting");
                 entry.restart_at = Some(now);
             }
+            Next::RestartAfter(delay) if !exit.started() => {
+                error!(slot, pid = pid.as_raw(), status = %exit,
+                       unstable_starts = entry.backoff.unstable_starts(),
+                       max_restarts = self.config.restart.max_restarts,
+                       delay_ms = delay.as_millis(),
+                       "could not start worker; restarting with backoff");
+                entry.restart_at = Some(now + delay);
+            }
             Next::RestartAfter(delay) => {
                 warn!(slot, pid = pid.as_raw(), status = %exit, uptime_ms = uptime.as_millis(),
                       unstable_starts = entry.backoff.unstable_starts(),
@@ -608,7 +641,10 @@ impl Pool {
                       "worker keeps exiting right after start; restarting with backoff");
                 entry.restart_at = Some(now + delay);
             }
-            Next::GiveUp => self.give_up(fx, slot, Some(pid), exit.to_string(), now),
+            Next::GiveUp => {
+                let started = exit.started();
+                self.give_up(fx, slot, Some(pid), started, exit.to_string(), now);
+            }
         }
         self.advance_reload(fx, now);
     }
@@ -845,6 +881,7 @@ impl Pool {
                     ready_by,
                     probing,
                 },
+                exec_failure: None,
             },
         );
         if probing {
@@ -872,7 +909,7 @@ impl Pool {
                        delay_ms = delay.as_millis(), "could not start worker; retrying with backoff");
                 entry.restart_at = Some(now + delay);
             }
-            Next::GiveUp => self.give_up(fx, slot, None, err.to_string(), now),
+            Next::GiveUp => self.give_up(fx, slot, None, false, err.to_string(), now),
         }
     }
 
@@ -883,6 +920,7 @@ impl Pool {
         fx: &mut impl Effects,
         slot: u32,
         pid: Option<Pid>,
+        started: bool,
         last: String,
         now: Instant,
     ) {
@@ -899,6 +937,7 @@ impl Pool {
         self.gave_up.push(GaveUp {
             slot,
             pid,
+            started,
             last,
             unstable_starts,
             pool_fails,
@@ -1072,16 +1111,30 @@ impl Pool {
     }
 }
 
-/// A wait status as a person reads it: `exit code 1`, `killed by SIGKILL`.
+/// How a worker ended, as a person reads it: `exit code 1`, `killed by SIGKILL`, or why its exec
+/// failed.
 #[derive(Debug)]
-pub struct ExitDescription(pub WaitStatus);
+pub enum ExitDescription {
+    Status(WaitStatus),
+    /// Its exec failed, for this reason: it never ran its program.
+    NotStarted(String),
+}
+
+impl ExitDescription {
+    /// Whether the worker ran its program.
+    #[must_use]
+    pub fn started(&self) -> bool {
+        matches!(self, Self::Status(_))
+    }
+}
 
 impl fmt::Display for ExitDescription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            WaitStatus::Exited(_, code) => write!(f, "exit code {code}"),
-            WaitStatus::Signaled(_, signal, _) => write!(f, "killed by {signal}"),
-            other => write!(f, "{other:?}"),
+        match self {
+            Self::Status(WaitStatus::Exited(_, code)) => write!(f, "exit code {code}"),
+            Self::Status(WaitStatus::Signaled(_, signal, _)) => write!(f, "killed by {signal}"),
+            Self::Status(other) => write!(f, "{other:?}"),
+            Self::NotStarted(reason) => f.write_str(reason),
         }
     }
 }
@@ -1921,6 +1974,7 @@ mod tests {
             [GaveUp {
                 slot: 0,
                 pid: Some(slot0),
+                started: true,
                 last: "exit code 3".to_owned(),
                 unstable_starts: 5,
                 // Slot 1's worker has served for more than the minimum uptime.
@@ -2040,6 +2094,89 @@ mod tests {
         assert!(pool.finished(t0));
     }
 
+    const EXEC_ERROR: &str = "exec of `/srv/app` failed: Exec format error (os error 8)";
+
+    /// `pid`'s exec failed (its pipe said so) and it exited with status 127, as the child does.
+    fn exec_fails(pool: &mut Pool, fx: &mut Fake, pid: Pid, now: Instant) {
+        pool.exec_failed(pid, EXEC_ERROR.to_owned());
+        pool.exited(fx, pid, WaitStatus::Exited(pid, 127), now);
+    }
+
+    #[test]
+    fn a_failed_exec_is_an_unstable_start_told_by_its_error() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let readiness = Readiness::Accepts {
+            timeout: READY_TIMEOUT,
+        };
+        let mut pool = pool_giving_up(readiness, 1, 2, &mut fx, t0);
+        assert_eq!(fx.take(), [Call::Start(0, pid(1)), Call::Probe(0, pid(1))]);
+        exec_fails(&mut pool, &mut fx, pid(1), t0);
+        assert_eq!(fx.take(), [Call::Forget(pid(1))]);
+        let retry = t0 + RestartPolicy::default().first_delay;
+        assert_eq!(
+            pool.next_deadline(t0),
+            Some(retry),
+            "restarted with backoff"
+        );
+        pool.tick(&mut fx, retry);
+        assert_eq!(fx.take(), [Call::Start(0, pid(2)), Call::Probe(0, pid(2))]);
+        exec_fails(&mut pool, &mut fx, pid(2), retry);
+        let gave_up = pool.take_gave_up();
+        assert_eq!(
+            gave_up,
+            [GaveUp {
+                slot: 0,
+                pid: Some(pid(2)),
+                started: false,
+                last: EXEC_ERROR.to_owned(),
+                unstable_starts: 2,
+                pool_fails: true,
+                serving: 0,
+                slots: 1,
+            }]
+        );
+        assert!(pool.finished(retry));
+    }
+
+    #[test]
+    fn an_exec_failure_reported_for_another_worker_is_ignored() {
+        let t0 = Instant::now();
+        let mut fx = Fake::default();
+        let mut pool = pool_giving_up(notified(), 1, 1, &mut fx, t0);
+        pool.exec_failed(pid(7), EXEC_ERROR.to_owned());
+        pool.exited(&mut fx, pid(1), exit(1, 2), t0);
+        let gave_up = pool.take_gave_up();
+        assert_eq!(
+            (gave_up[0].started, gave_up[0].last.as_str()),
+            (true, "exit code 2")
+        );
+    }
+
+    #[test]
+    fn a_replacement_whose_exec_fails_fails_the_reload_with_its_error() {
+        let t0 = Instant::now();
+        let (mut pool, mut fx) = serving_pool(2, t0);
+        assert_eq!(pool.reload(&mut fx, None, t0), Ok(2));
+        assert_eq!(fx.take(), [Call::Start(0, pid(3))]);
+        exec_fails(&mut pool, &mut fx, pid(3), t0);
+        let outcome = pool.take_outcomes();
+        assert_eq!(
+            outcome,
+            [ReloadOutcome {
+                replaced: 0,
+                failure: Some(format!(
+                    "could not start the replacement for slot 0 (pid {}): {EXEC_ERROR}",
+                    pid(3)
+                )),
+            }]
+        );
+        assert_eq!(fx.take(), [Call::Forget(pid(3))], "slot 1 is not replaced");
+        assert_eq!(pool.serving(0), Some(pid(1)), "the old worker serves on");
+        assert!(pool.take_gave_up().is_empty());
+        assert_eq!(pool.next_deadline(t0), None, "nothing restarts");
+    }
+
     #[test]
     fn a_reload_starts_a_failed_slot_afresh_and_a_drain_too() {
         let t0 = Instant::now();
@@ -2144,9 +2281,13 @@ mod tests {
 
     #[test]
     fn exit_descriptions_read_plainly() {
-        assert_eq!(ExitDescription(exit(1, 3)).to_string(), "exit code 3");
         assert_eq!(
-            ExitDescription(WaitStatus::Signaled(pid(1), Signal::SIGKILL, false)).to_string(),
+            ExitDescription::Status(exit(1, 3)).to_string(),
+            "exit code 3"
+        );
+        assert_eq!(
+            ExitDescription::Status(WaitStatus::Signaled(pid(1), Signal::SIGKILL, false))
+                .to_string(),
             "killed by SIGKILL"
         );
     }

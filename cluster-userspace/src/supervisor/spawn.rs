@@ -5,7 +5,9 @@
 //! Written on fork/exec directly rather than `std::process::Command` because `LISTEN_PID` must
 //! be the child's own pid, known only after fork, and the child may only make async-signal-safe
 //! calls: every string and pointer is prepared before fork, and the child only formats its pid
-//! into a stack buffer, moves fds and calls execve.
+//! into a stack buffer, moves fds and calls execve. `Command::spawn` also waits for the exec to
+//! succeed; [`spawn`] returns right after fork instead, with a pipe that tells whether it did
+//! ([`super::exec_status`]), so the event loop never waits on a child.
 
 use std::{
     ffi::{CString, OsStr, OsString},
@@ -96,11 +98,13 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
-    #[error("exec of `{path}` failed: {source}")]
+    #[error("exec of `{path}` failed: {source}{hint}")]
     Exec {
         path: String,
         #[source]
         source: io::Error,
+        /// What the error likely means for this file, with a leading `; `, or nothing.
+        hint: String,
     },
 }
 
@@ -140,6 +144,20 @@ impl WorkerProgram {
     #[must_use]
     pub fn display(&self) -> String {
         String::from_utf8_lossy(self.path.as_bytes()).into_owned()
+    }
+
+    /// Why a worker's exec failed with `errno`, with what that likely means for this file. Its
+    /// first bytes are read now (a deploy may have replaced it since the pool started): one
+    /// short read of a local file, like the /proc files the event loop reads.
+    #[must_use]
+    pub fn exec_error(&self, errno: i32) -> SpawnError {
+        let path = self.display();
+        let header = Header::read(Path::new(&path));
+        SpawnError::Exec {
+            source: io::Error::from_raw_os_error(errno),
+            hint: exec_hint(errno, &header).map_or_else(String::new, |h| format!("; {h}")),
+            path,
+        }
     }
 
     /// The command line, quoted so that a shell runs it as given: what a person types to run
@@ -187,6 +205,68 @@ fn is_executable(path: &Path) -> bool {
     nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
 }
 
+/// What the start of an executable file says about how the kernel runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Header {
+    /// A script: the interpreter its `#!` line names.
+    Script(String),
+    /// An ELF binary.
+    Elf,
+    /// Neither.
+    Other,
+    /// The file could not be read.
+    Unreadable,
+}
+
+impl Header {
+    /// Reads the first line of `path` (at most 256 bytes, the kernel's own limit for a `#!`
+    /// line: BINPRM_BUF_SIZE in include/uapi/linux/binfmts.h).
+    fn read(path: &Path) -> Self {
+        let mut start = [0u8; 256];
+        match std::fs::File::open(path).and_then(|mut file| io::Read::read(&mut file, &mut start)) {
+            Ok(len) => Self::parse(&start[..len]),
+            Err(_) => Self::Unreadable,
+        }
+    }
+
+    fn parse(start: &[u8]) -> Self {
+        if start.starts_with(b"\x7fELF") {
+            return Self::Elf;
+        }
+        let Some(line) = start.strip_prefix(b"#!") else {
+            return Self::Other;
+        };
+        let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+        match line
+            .split(|b| b.is_ascii_whitespace())
+            .find(|word| !word.is_empty())
+        {
+            Some(interpreter) => Self::Script(String::from_utf8_lossy(interpreter).into_owned()),
+            None => Self::Other,
+        }
+    }
+}
+
+/// What a failed exec with `errno` means for a file that starts like `header`, where the bare
+/// errno misleads: ENOENT for a file that exists, ENOEXEC (fs/exec.c, fs/binfmt_script.c).
+fn exec_hint(errno: i32, header: &Header) -> Option<String> {
+    match (errno, header) {
+        (libc::ENOENT, Header::Script(interpreter)) => Some(format!(
+            "the interpreter its `#!` line names, `{interpreter}`, does not exist (or the file was removed); install it or correct that line"
+        )),
+        (libc::ENOENT, Header::Elf) => Some(
+            "the dynamic loader this binary names does not exist (or the file was removed); it was probably built for another system".to_owned(),
+        ),
+        (libc::ENOEXEC, Header::Elf) => {
+            Some("this kernel cannot run this binary; it was probably built for another architecture".to_owned())
+        }
+        (libc::ENOEXEC, Header::Other) => Some(
+            "the file is neither a binary this kernel runs nor a script; a script needs a first line `#!INTERPRETER`".to_owned(),
+        ),
+        _ => None,
+    }
+}
+
 fn c_string(s: OsString) -> Result<CString, SpawnError> {
     CString::new(s.clone().into_vec()).map_err(|_| SpawnError::Nul(s))
 }
@@ -208,10 +288,20 @@ pub struct Handoff<'a> {
     pub channel: Option<BorrowedFd<'a>>,
 }
 
-/// Starts `program` with what `handoff` gives it. Returns once the child has called execve
-/// successfully (or reports why exec failed). The child is the leader of a new process group,
-/// so signals for it reach what it starts too, and it is killed if the supervisor dies.
-pub fn spawn(program: &WorkerProgram, handoff: &Handoff<'_>) -> Result<Pid, SpawnError> {
+/// A forked worker, whose exec may not have happened yet.
+#[derive(Debug)]
+pub struct Forked {
+    pub pid: Pid,
+    /// The read end (non-blocking) of its exec-status pipe: end of file once its exec
+    /// succeeded, or the errno of the step that failed, after which it exits with status 127.
+    pub exec_status: OwnedFd,
+}
+
+/// Starts `program` with what `handoff` gives it. Returns as soon as the fork succeeded, without
+/// waiting for the exec: `exec_status` tells how it went. The child is the leader of a new
+/// process group, so signals for it reach what it starts too, and it is killed if the
+/// supervisor dies.
+pub fn spawn(program: &WorkerProgram, handoff: &Handoff<'_>) -> Result<Forked, SpawnError> {
     let env = worker_environment(handoff)?;
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|v| v.as_ptr()).collect();
     // The LISTEN_PID entry: the child writes its pid into `pid_entry` and points here at it.
@@ -227,8 +317,9 @@ pub fn spawn(program: &WorkerProgram, handoff: &Handoff<'_>) -> Result<Pid, Spaw
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| os("open(/dev/null)", e))?;
+    // Non-blocking at both ends: the child writes 4 bytes into the empty pipe, which never waits.
     let (status_read, status_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| os("pipe2", e))?;
+        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| os("pipe2", e))?;
     let parent = nix::unistd::getpid();
     let mut pid_entry = [0u8; 32];
     let file_limit = ORIGINAL_FILE_LIMIT.get().copied();
@@ -256,20 +347,14 @@ pub fn spawn(program: &WorkerProgram, handoff: &Handoff<'_>) -> Result<Pid, Spaw
             })
         },
         ForkResult::Parent { child } => {
+            // Now the child holds the only write end, which closes at its exec or its exit.
             drop(status_write);
             // Also set in the child; doing it here too closes the race with an early kill(-pid).
             let _ = nix::unistd::setpgid(child, child);
-            match read_exec_status(&status_read) {
-                Ok(None) => Ok(child),
-                Ok(Some(errno)) => Err(SpawnError::Exec {
-                    path: program.display(),
-                    source: io::Error::from_raw_os_error(errno),
-                }),
-                Err(source) => Err(SpawnError::Os {
-                    op: "reading the exec status",
-                    source,
-                }),
-            }
+            Ok(Forked {
+                pid: child,
+                exec_status: status_read,
+            })
         }
     }
 }
@@ -301,22 +386,6 @@ fn worker_environment(plan: &Handoff<'_>) -> Result<Vec<CString>, SpawnError> {
         )?);
     }
     Ok(env)
-}
-
-/// Reads what the child wrote before exiting: nothing (EOF: the close-on-exec pipe closed at a
-/// successful exec) or the errno of the failed step.
-fn read_exec_status(pipe: &OwnedFd) -> io::Result<Option<i32>> {
-    let mut buf = [0u8; 4];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match nix::unistd::read(pipe, &mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok((filled == buf.len()).then(|| i32::from_ne_bytes(buf)))
 }
 
 fn os(op: &'static str, errno: nix::errno::Errno) -> SpawnError {
@@ -521,13 +590,52 @@ mod tests {
     }
 
     #[test]
-    fn exec_status_pipe() {
-        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-        drop(w);
-        assert_eq!(read_exec_status(&r).unwrap(), None);
-        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-        nix::unistd::write(&w, &2i32.to_ne_bytes()).unwrap();
-        drop(w);
-        assert_eq!(read_exec_status(&r).unwrap(), Some(2));
+    fn headers_are_told_apart() {
+        assert_eq!(Header::parse(b"\x7fELF\x02\x01"), Header::Elf);
+        assert_eq!(
+            Header::parse(b"#! /usr/bin/env  python3\nprint()"),
+            Header::Script("/usr/bin/env".to_owned())
+        );
+        assert_eq!(
+            Header::parse(b"#!/no/such/interp"),
+            Header::Script("/no/such/interp".to_owned())
+        );
+        assert_eq!(Header::parse(b"#!\n"), Header::Other);
+        assert_eq!(Header::parse(b"hello world\n"), Header::Other);
+        assert_eq!(Header::parse(b""), Header::Other);
+    }
+
+    #[test]
+    fn exec_errors_say_what_they_mean_for_the_file() {
+        let dir = std::env::temp_dir().join(format!("cluster-exec-error-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("server");
+        std::fs::write(&script, "#!/no/such/interp\n").unwrap();
+        let program = WorkerProgram::new(script.clone(), [script.clone().into()]).unwrap();
+        let missing = program.exec_error(libc::ENOENT).to_string();
+        std::fs::write(&script, "hello world\n").unwrap();
+        let not_a_program = program.exec_error(libc::ENOEXEC).to_string();
+        let denied = program.exec_error(libc::EACCES).to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let path = script.display();
+        assert!(
+            missing.starts_with(&format!(
+                "exec of `{path}` failed: No such file or directory"
+            )),
+            "{missing}"
+        );
+        assert!(
+            missing.contains("`/no/such/interp`, does not exist"),
+            "{missing}"
+        );
+        assert!(
+            not_a_program.contains("Exec format error"),
+            "{not_a_program}"
+        );
+        assert!(not_a_program.contains("`#!INTERPRETER`"), "{not_a_program}");
+        assert_eq!(
+            denied,
+            format!("exec of `{path}` failed: Permission denied (os error 13)")
+        );
     }
 }
