@@ -34,9 +34,11 @@ use self::http::Identity;
 pub use self::listen_fds::{ListenFdsError, take_listener as listener};
 pub use crate::notify::notify_ready as ready;
 
-/// How often the accept queue is checked without a wake-up: connections migrated from a closing
-/// socket arrive with no `sk_data_ready()`, so epoll never reports them
+/// How often the accept queue is checked without a wake-up, for kernels older than the fix
+/// "tcp: call sk_data_ready() after listener migration": there, connections migrated from a
+/// closing socket arrive with no `sk_data_ready()`, so epoll never reports them
 /// (`inet_csk_reqsk_queue_add` in `inet_csk_listen_stop`, net/ipv4/inet_connection_sock.c).
+/// Kernels with the fix (6.18 here) wake the accept at once, and this poll finds nothing.
 const MIGRATED_POLL: Duration = Duration::from_millis(50);
 /// How long a keep-alive connection may stay idle once the worker drains before it is closed.
 /// A client still using it sends its next request sooner and gets `Connection: close`.
