@@ -177,6 +177,7 @@ mod tests {
                 },
             ],
             programs: Vec::new(),
+            reloads: crate::control::protocol::Reloads::default(),
         };
         let text = table(&status);
         let lines: Vec<&str> = text.lines().collect();

@@ -90,6 +90,28 @@ pub struct PoolStatus {
     /// loaded, with `--bpf-stats` only (empty otherwise).
     #[serde(default)]
     pub programs: Vec<ProgramStats>,
+    /// The reloads that ended since the start.
+    #[serde(default)]
+    pub reloads: Reloads,
+}
+
+/// How the reloads ended (a reload, SIGHUP or SIGUSR2, `cluster reload`, `cluster drain`, or a
+/// replacement for `--max-memory`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloads {
+    /// Reloads that replaced every slot they were asked for.
+    pub finished: u32,
+    /// Reloads stopped by a replacement that never became ready.
+    pub failed: u32,
+    /// The last one's replaced slots and, if it failed, why.
+    pub last: Option<ReloadEnd>,
+}
+
+/// How one reload ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadEnd {
+    pub replaced: u32,
+    pub error: Option<String>,
 }
 
 /// What the kernel counted for one loaded program (`bpf_prog_info` `run_cnt`, `run_time_ns`).

@@ -63,7 +63,7 @@ use crate::{
         ControlError,
         address_lock::{AddressLock, LockError},
         paths,
-        protocol::{Answer, Request},
+        protocol::{Answer, ReloadEnd, Reloads, Request},
         server::{ControlServer, Pending},
     },
     cpus,
@@ -268,6 +268,8 @@ struct Supervisor {
     control: ControlServer,
     /// Control requests waiting for the running reload to end.
     reload_waiters: Vec<Pending>,
+    /// How the reloads ended, for `status`.
+    reloads: Reloads,
     /// `--max-memory`.
     memory: Option<memory::MemoryLimit>,
     /// Keeps the kernel's BPF run-time stats on while the supervisor runs (`--bpf-stats`).
@@ -330,6 +332,7 @@ impl Supervisor {
             notify,
             control,
             reload_waiters: Vec::new(),
+            reloads: Reloads::default(),
             run_stats,
             gave_up: JoinSet::new(),
         })
@@ -639,6 +642,15 @@ impl Supervisor {
     /// Answers the requests waiting for a reload that ended.
     fn answer_reload_waiters(&mut self) {
         for outcome in self.pool.take_outcomes() {
+            if outcome.failure.is_some() {
+                self.reloads.failed += 1;
+            } else {
+                self.reloads.finished += 1;
+            }
+            self.reloads.last = Some(ReloadEnd {
+                replaced: outcome.replaced,
+                error: outcome.failure.clone(),
+            });
             for waiter in self.reload_waiters.drain(..) {
                 waiter.answer(match &outcome.failure {
                     None => Answer {
@@ -662,6 +674,7 @@ impl Supervisor {
             &self.options.addr.to_string(),
             &self.options.mode.to_string(),
             self.run_stats.is_some(),
+            self.reloads.clone(),
         )
     }
 

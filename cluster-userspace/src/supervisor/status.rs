@@ -12,7 +12,7 @@ use super::{
     pool::{Phase, Pool},
 };
 use crate::{
-    control::protocol::{PoolStatus, ProgramStats, WorkerRow},
+    control::protocol::{PoolStatus, ProgramStats, Reloads, WorkerRow},
     telemetry,
 };
 
@@ -25,6 +25,7 @@ pub fn snapshot(
     addr: &str,
     steering: &str,
     with_program_stats: bool,
+    reloads: Reloads,
 ) -> PoolStatus {
     let program = fx.steering.counter();
     let now = Instant::now();
@@ -75,6 +76,7 @@ pub fn snapshot(
         } else {
             Vec::new()
         },
+        reloads,
     }
 }
 
