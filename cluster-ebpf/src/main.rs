@@ -490,8 +490,9 @@ fn record(slot: u32, kind: Kind) {
 /// counted open on the socket of `slot` now, and recorded in `MOVED` so that it is counted down
 /// there too. A request still in its handshake needs nothing: its connection is created later
 /// from the listener it moved to, so it inherits that listener's tag (net/ipv4/tcp_ipv4.c
-/// `tcp_v4_rcv`, net/ipv4/inet_connection_sock.c `inet_csk_listen_stop`). If `MOVED` is full,
-/// the connection stays counted on its old socket (`event::MOVE_UNRECORDED`).
+/// `tcp_v4_rcv`, net/ipv4/inet_connection_sock.c `inet_csk_listen_stop`). A TCP Fast Open
+/// child, already a socket in SYN_RECV, keeps its old listener's tag and is counted there. If
+/// `MOVED` is full, the connection stays counted on its old socket (`event::MOVE_UNRECORDED`).
 #[inline(always)]
 fn move_open_count(slot: u32, connection: *mut bpf_sock) {
     // SAFETY: `connection` is the non-NULL `migrating_sk`; `state` is a field the verifier allows
@@ -577,6 +578,11 @@ pub fn count_connections(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let sk: *mut c_void = ctx.arg(0);
+    if !entering {
+        // Before the tag: a connection moved off the parking socket, which has none, was counted
+        // on the socket it moved to all the same.
+        count_down_moved(sk);
+    }
     // SAFETY: `sk` is the tracepoint's `struct sock *` (a BTF pointer the verifier checks); the
     // helper returns NULL or a pointer to this socket's tag.
     let tag = unsafe {
@@ -620,9 +626,6 @@ pub fn count_connections(ctx: BtfTracePointContext) -> i32 {
         } else {
             atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*stats).open, u64::MAX);
         }
-    }
-    if !entering {
-        count_down_moved(sk);
     }
     if entering && let Some(slot_stats) = SLOT_STATS.get_ptr_mut(slot) {
         // SAFETY: a per-CPU value; `connections` is only written by this program, and the kernel

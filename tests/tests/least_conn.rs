@@ -16,7 +16,8 @@ use std::{
 
 use cluster_tests::{
     Cluster, PYTHON_SERVER, assert_counters_match, assert_exact_rotation, assert_no_fallback,
-    cluster_run, get, read_reply, require_root, send_request, tally,
+    cluster_command, cluster_run, free_local_addr, get, read_reply, require_root, send_request,
+    tally,
 };
 
 /// Light requests, one at a time, each on a new connection: slot → answered.
@@ -251,4 +252,50 @@ fn a_migrated_connection_counts_on_the_socket_it_moved_to() {
     let (status, log) = cluster.stop();
     assert!(status.success(), "{log}");
     assert!(!log.contains("Traceback"), "{log}");
+}
+
+/// Connections made before any worker serves wait on the starting worker's socket or on the
+/// supervisor's parking socket, which carries no tag. Once the worker serves, the parking
+/// socket closes and what waited on it migrates to the worker's socket, counted open there.
+/// Once served and closed, every one is counted down again: nothing is left over.
+#[test]
+fn connections_moved_off_the_parking_socket_are_counted_down() {
+    require_root();
+    let addr = free_local_addr();
+    let mut command = cluster_command(&[
+        "run",
+        "--listen",
+        &addr.to_string(),
+        "--workers",
+        "1",
+        "--steering",
+        "least-conn",
+        "--wait-ready",
+    ]);
+    command.args([
+        "--",
+        "sh",
+        "-c",
+        "sleep 2; exec python3 -c \"$0\" notify",
+        PYTHON_SERVER,
+    ]);
+    let cluster = Cluster::spawn_command(command);
+    let started = cluster.wait_for_log(Duration::from_secs(10), |_| cluster.started_pid(0, 0));
+    assert!(started.is_some(), "{}", cluster.log());
+    let clients: Vec<_> = (0..12)
+        .map(|_| thread::spawn(move || get(addr, "/", None)))
+        .collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let reply = client
+            .join()
+            .unwrap()
+            .unwrap_or_else(|f| panic!("request {i} was lost: {f:?}\n{}", cluster.log()));
+        assert_eq!(reply.status, 200, "request {i}");
+    }
+    let (open, migrated, _) = wait_for_counts(&cluster, 0, |c| c.0 == Some(0));
+    assert!(
+        migrated.is_some_and(|m| m > 0),
+        "nothing waited on the parking socket, so this proves nothing: migrated {migrated:?}"
+    );
+    assert_eq!(open, Some(0), "left counted open\n{}", cluster.log());
 }
