@@ -7,6 +7,7 @@ use clap::Parser;
 use crate::{
     lifecycle::Lifecycle,
     matrix::{Mode, Pattern, Scenario},
+    peer::PeerChoice,
 };
 
 /// Runs the demo pool under each steering mode, one worker as the baseline, with the project's
@@ -58,6 +59,10 @@ pub struct Cli {
     /// A few seconds: 1 round, 2 modes, 1 pattern, the light handler (options given still win).
     #[arg(long)]
     pub quick: bool,
+    /// `node`: also run a Node app under Node's cluster and under this pool (in `shared`,
+    /// `round-robin` and `least-conn`, those of --modes), when `node` is on PATH; `none`: not.
+    #[arg(long, value_enum, value_name = "PEER", default_value_t = PeerChoice::Node)]
+    pub peer: PeerChoice,
     /// Put the load generator and the pool on separate CPUs when there are workers + 1.
     #[arg(long)]
     pub pin: bool,

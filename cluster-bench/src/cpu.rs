@@ -1,7 +1,7 @@
 //! CPU time of processes from `/proc/PID/stat` (see proc_pid_stat(5)), and where the load
 //! generator and the pool run (`--pin`).
 
-use std::{fs, io};
+use std::{ffi::OsStr, fs, io, process::Command};
 
 use nix::{
     sched::{CpuSet, sched_getaffinity, sched_setaffinity},
@@ -121,6 +121,26 @@ impl Placement {
             pinned: false,
             cpus,
         }
+    }
+
+    /// The CPUs the pool is restricted to: `None` when not pinned.
+    #[must_use]
+    pub fn pool_restriction(&self) -> Option<&[usize]> {
+        self.pinned.then_some(self.pool_cpus.as_slice())
+    }
+}
+
+/// A command that runs `program` on `cpus` (under `taskset`, which execs it, so the child's pid
+/// is the program's), or anywhere when `None`.
+#[must_use]
+pub fn command_on(program: impl AsRef<OsStr>, cpus: Option<&[usize]>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["--cpu-list", &list(cpus)]).arg(program);
+            taskset
+        }
+        None => Command::new(program),
     }
 }
 

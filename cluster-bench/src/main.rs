@@ -10,6 +10,7 @@ mod cpu;
 mod decision_cost;
 mod lifecycle;
 mod matrix;
+mod peer;
 mod plots;
 mod pool;
 mod progress;
@@ -34,6 +35,10 @@ use clap::{CommandFactory as _, Parser as _, error::ErrorKind};
 use cli::{Cli, Plan};
 use cpu::Placement;
 use matrix::{Case, Iterations, STICKY_SOURCES, schedule};
+use peer::{
+    plan::{Job, PeerPlan},
+    run::PeerRunner,
+};
 use progress::Progress;
 use results::{Bench, CaseResult, Run, SCHEMA, Settings, Summary};
 use run::Runner;
@@ -85,6 +90,9 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
     } else {
         schedule(&plan.scenarios, &plan.patterns, &plan.modes, plan.rounds)
     };
+    let peer_plan = PeerPlan::new(cli.peer, plan.cost_only, &plan.modes, &cli.out)?;
+    let jobs = peer::plan::interleave(steps, &peer_plan.servers);
+    let peer_calibrations = usize::from(peer_plan.app.is_some());
     let lifecycle = if plan.cost_only {
         &[][..]
     } else {
@@ -112,7 +120,11 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
         .flat_map(|(round, workers)| cost_modes.iter().map(move |m| (round, workers, *m)))
         .collect();
     let progress = Progress::new(
-        steps.len() + disturbed.len() + cost_steps.len() + usize::from(!plan.cost_only),
+        jobs.len()
+            + disturbed.len()
+            + cost_steps.len()
+            + usize::from(!plan.cost_only)
+            + peer_calibrations,
         !cli.quiet && std::io::stderr().is_terminal(),
     );
     let iterations = Iterations::default();
@@ -134,24 +146,45 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
         progress.run_done();
         Some(calibration)
     };
+    let peer_runner = peer_plan.app.as_deref().map(|app| PeerRunner {
+        runner: &runner,
+        app,
+    });
+    let peer_calibration = peer_runner
+        .as_ref()
+        .map(PeerRunner::calibrate)
+        .transpose()
+        .context("calibrating the Node app's loop")?;
     let mut runs: BTreeMap<Case, Vec<Run>> = BTreeMap::new();
-    for step in steps {
+    let mut peer_runs: BTreeMap<peer::Cell, Vec<Run>> = BTreeMap::new();
+    for job in jobs {
+        let step = match (job, &peer_runner) {
+            (Job::Matrix(step), _) => step,
+            (Job::Peer(step), Some(peer_runner)) => {
+                let run = peer_runner.run(step).with_context(|| {
+                    format!(
+                        "the Node app, {} handler, {}, {}, round {}",
+                        step.cell.scenario, step.cell.pattern, step.cell.server, step.round
+                    )
+                })?;
+                peer_runs.entry(step.cell).or_default().push(run);
+                continue;
+            }
+            (Job::Peer(_), None) => continue,
+        };
         let run = runner.run(step).with_context(|| {
             format!(
                 "{} handler, {}, {}, round {}",
                 step.case.scenario, step.case.pattern, step.case.mode, step.round
             )
         })?;
-        progress.note(&format!(
-            "bench: {} {} {} round {}: {:.0} req/s, p99 {:.2} ms, {} failed",
-            step.case.scenario,
-            step.case.pattern,
-            step.case.mode,
-            step.round,
-            run.requests_per_second,
-            run.latency.p99_us as f64 / 1000.0,
-            run.failed
-        ));
+        progress.note_run(
+            &format!(
+                "{} {} {} round {}",
+                step.case.scenario, step.case.pattern, step.case.mode, step.round
+            ),
+            &run,
+        );
         runs.entry(step.case).or_default().push(run);
     }
     let mut lifecycle_runs = Vec::new();
@@ -221,6 +254,7 @@ fn bench(cli: &Cli, plan: &Plan) -> Result<()> {
         cases,
         lifecycle: lifecycle_runs,
         decision_cost: decision_cost::summarize(cost_runs),
+        peer: peer_plan.results(peer_runs, peer_calibration, cli.workers),
         targets: Vec::new(),
     };
     bench.targets = targets::evaluate(&bench);
@@ -240,5 +274,6 @@ fn write_outputs(bench: &Bench, dir: &Path) -> Result<()> {
     };
     write("bench.json", &(json + "\n"))?;
     write("bench-report.md", &report::markdown(bench))?;
-    plots::write(bench, dir)
+    plots::write(bench, dir)?;
+    peer::plot::write(&bench.peer, dir)
 }

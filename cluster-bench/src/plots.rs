@@ -40,37 +40,74 @@ pub fn write(bench: &Bench, dir: &Path) -> Result<()> {
 }
 
 fn draw(path: &Path, title: &str, groups: &[(String, Vec<&CaseResult>)], kind: &str) -> Result<()> {
-    let panels = u32::try_from(groups.len().max(1))?;
-    let root = SVGBackend::new(path, (WIDTH, 40 + PANEL_HEIGHT * panels)).into_drawing_area();
+    panels(path, title, groups.len(), |area, i| {
+        let (name, cases) = &groups[i];
+        let labels = mode_labels(cases);
+        let values = |value: fn(&Summary) -> Option<Spread>| -> Vec<Option<Spread>> {
+            cases.iter().map(|c| value(&c.summary)).collect()
+        };
+        match kind {
+            "throughput.svg" => bars(
+                area,
+                name,
+                &labels,
+                &values(|s| Some(s.requests_per_second)),
+                "req/s",
+            ),
+            "share.svg" => bars(
+                area,
+                name,
+                &labels,
+                &values(|s| s.share_max_over_min),
+                "max/min",
+            ),
+            _ => percentiles(area, name, cases),
+        }
+    })
+}
+
+/// Writes an SVG at `path` titled `title` with `count` panels one above the other, each drawn by
+/// `draw_panel` (given its area and its index).
+pub(crate) fn panels(
+    path: &Path,
+    title: &str,
+    count: usize,
+    mut draw_panel: impl FnMut(&Area<'_>, usize) -> Result<()>,
+) -> Result<()> {
+    let height = u32::try_from(count.max(1))?;
+    let root = SVGBackend::new(path, (WIDTH, 40 + PANEL_HEIGHT * height)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let root = root.titled(title, ("sans-serif", 22)).map_err(plot_error)?;
-    for (area, (name, cases)) in root
-        .split_evenly((groups.len().max(1), 1))
+    for (i, area) in root
+        .split_evenly((count.max(1), 1))
         .iter()
-        .zip(groups)
+        .enumerate()
+        .take(count)
     {
-        match kind {
-            "throughput.svg" => bars(area, name, cases, "req/s", |s| Some(s.requests_per_second))?,
-            "share.svg" => bars(area, name, cases, "max/min", |s| s.share_max_over_min)?,
-            _ => percentiles(area, name, cases)?,
-        }
+        draw_panel(area, i)?;
     }
     root.present().map_err(plot_error)
 }
 
-type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+pub(crate) type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
-/// One bar per mode at its median, with a min–max whisker.
-fn bars(
+fn mode_labels(cases: &[&CaseResult]) -> Vec<String> {
+    cases
+        .iter()
+        .map(|c| c.case.mode.name().to_owned())
+        .collect()
+}
+
+/// One bar per label at its median, with a min–max whisker.
+pub(crate) fn bars(
     area: &Area<'_>,
     name: &str,
-    cases: &[&CaseResult],
+    labels: &[String],
+    values: &[Option<Spread>],
     unit: &str,
-    value: impl Fn(&Summary) -> Option<Spread>,
 ) -> Result<()> {
-    let values: Vec<Option<Spread>> = cases.iter().map(|c| value(&c.summary)).collect();
     let top = values.iter().flatten().map(|s| s.max).fold(0.0, f64::max);
-    let mut chart = panel(area, name, cases, top, unit)?;
+    let mut chart = panel(area, name, labels, top, unit)?;
     let bar = RGBColor(31, 119, 180);
     chart
         .draw_series(values.iter().enumerate().filter_map(|(i, v)| {
@@ -121,7 +158,7 @@ fn percentiles(area: &Area<'_>, name: &str, cases: &[&CaseResult]) -> Result<()>
         })
         .collect();
     let top = series.iter().flatten().copied().fold(0.0, f64::max);
-    let mut chart = panel(area, name, cases, top, "ms")?;
+    let mut chart = panel(area, name, &mode_labels(cases), top, "ms")?;
     for ((label, colour), values) in PERCENTILES.iter().zip(&series) {
         let points: Vec<(SegmentValue<usize>, f64)> = values
             .iter()
@@ -151,27 +188,23 @@ fn percentiles(area: &Area<'_>, name: &str, cases: &[&CaseResult]) -> Result<()>
     Ok(())
 }
 
-/// One panel: the modes of `cases` along x, 0 to a little over `top` along y.
+/// One panel: `labels` along x, 0 to a little over `top` along y.
 fn panel<'a, 'b>(
     area: &'a Area<'b>,
     name: &str,
-    cases: &[&CaseResult],
+    labels: &[String],
     top: f64,
     unit: &str,
 ) -> Result<
     ChartContext<'a, SVGBackend<'b>, Cartesian2d<SegmentedCoord<RangedCoordusize>, RangedCoordf64>>,
 > {
-    let labels: Vec<String> = cases
-        .iter()
-        .map(|c| c.case.mode.name().to_owned())
-        .collect();
     let mut chart = ChartBuilder::on(area)
         .caption(name, ("sans-serif", 16))
         .margin(8)
         .x_label_area_size(28)
         .y_label_area_size(70)
         .build_cartesian_2d(
-            (0..cases.len()).into_segmented(),
+            (0..labels.len()).into_segmented(),
             0.0..(top * 1.1).max(1e-9),
         )
         .map_err(plot_error)?;
@@ -179,7 +212,7 @@ fn panel<'a, 'b>(
         .configure_mesh()
         .disable_x_mesh()
         .y_desc(unit)
-        .x_label_formatter(&|x| segment_label(x, &labels))
+        .x_label_formatter(&|x| segment_label(x, labels))
         .draw()
         .map_err(plot_error)?;
     Ok(chart)

@@ -3,6 +3,7 @@
 //! with SIGTERM.
 
 use std::{
+    ffi::OsString,
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -80,15 +81,21 @@ impl Pool {
         cpus: Option<&[usize]>,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_command(binary, steering, workers, cpus, extra, &[])
+    }
+
+    /// As [`Pool::start`], with each worker running `worker_command` (`cluster run … -- COMMAND`)
+    /// instead of the demo worker when it is not empty.
+    pub fn start_command(
+        binary: &Path,
+        steering: &str,
+        workers: u32,
+        cpus: Option<&[usize]>,
+        extra: &[&str],
+        worker_command: &[OsString],
+    ) -> Result<Self> {
         let addr = free_port()?;
-        let mut command = match cpus {
-            Some(cpus) => {
-                let mut taskset = Command::new("taskset");
-                taskset.args(["--cpu-list", &cpu::list(cpus)]).arg(binary);
-                taskset
-            }
-            None => Command::new(binary),
-        };
+        let mut command = cpu::command_on(binary, cpus);
         command
             .args(["run", "--listen", &addr.to_string(), "--steering", steering])
             .args(["--workers", &workers.to_string()])
@@ -97,6 +104,9 @@ impl Pool {
             // The OS baseline: under hash the health check would load the connection counter,
             // a BPF program on every TCP state change; without it hash runs no BPF at all.
             command.args(["--hang-timeout", "0"]);
+        }
+        if !worker_command.is_empty() {
+            command.arg("--").args(worker_command);
         }
         command
             .env("RUST_LOG", "warn")
@@ -239,7 +249,8 @@ impl Drop for Pool {
     }
 }
 
-fn free_port() -> Result<SocketAddr> {
+/// A loopback address with a port that was free a moment ago.
+pub fn free_port() -> Result<SocketAddr> {
     let probe = TcpListener::bind("127.0.0.1:0").context("binding a probe socket")?;
     Ok(probe.local_addr()?)
 }

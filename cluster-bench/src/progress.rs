@@ -9,6 +9,8 @@ use std::{
 use cluster_load::Live;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::results::Run;
+
 /// How often the live rate is redrawn.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -68,6 +70,16 @@ impl Progress {
     /// Prints a line above the bar.
     pub fn note(&self, line: &str) {
         self.bar.suspend(|| eprintln!("{line}"));
+    }
+
+    /// Prints the figures of the run `what` above the bar.
+    pub fn note_run(&self, what: &str, run: &Run) {
+        #[expect(clippy::cast_precision_loss, reason = "microseconds far below 2^52")]
+        let p99_ms = run.latency.p99_us as f64 / 1000.0;
+        self.note(&format!(
+            "bench: {what}: {:.0} req/s, p99 {p99_ms:.2} ms, {} failed",
+            run.requests_per_second, run.failed
+        ));
     }
 
     pub fn finish(&self) {

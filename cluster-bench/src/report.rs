@@ -3,7 +3,12 @@
 
 use std::fmt::Write as _;
 
-use crate::{results::Bench, stats::Spread, targets::Verdict};
+use crate::{
+    peer,
+    results::{Bench, Summary},
+    stats::Spread,
+    targets::Verdict,
+};
 
 /// The plots the report embeds, written beside it by `plots`.
 pub const PLOTS: [(&str, &str); 3] = [
@@ -64,30 +69,13 @@ pub fn markdown(bench: &Bench) -> String {
     }
     for (name, cases) in bench.groups() {
         let _ = writeln!(out, "\n## {name}\n");
-        let _ = writeln!(
-            out,
-            "| mode | workers | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | failed | \
-             share max/min | share CV | CPU s workers | supervisor | generator |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "| mode | {SUMMARY_HEADER}\n|---|{SUMMARY_RULE}");
         for c in cases {
-            let m = &c.summary;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {}",
                 c.case.mode,
-                c.workers,
-                m.requests_per_second.show(0),
-                m.p50_ms.show(2),
-                m.p90_ms.show(2),
-                m.p99_ms.show(2),
-                m.p999_ms.show(2),
-                m.failed.show(0),
-                optional(m.share_max_over_min.as_ref(), 3),
-                optional(m.share_cv.as_ref(), 3),
-                m.cpu_workers_seconds.show(2),
-                m.cpu_supervisor_seconds.show(2),
-                m.cpu_generator_seconds.show(2),
+                summary_cells(c.workers, &c.summary)
             );
         }
     }
@@ -137,6 +125,7 @@ pub fn markdown(bench: &Bench) -> String {
             );
         }
     }
+    out.push_str(&peer::report::markdown(bench));
     let _ = writeln!(out, "\n## Plots\n");
     for (file, title) in PLOTS {
         let _ = writeln!(out, "![{title}]({file})\n");
@@ -150,25 +139,17 @@ pub fn terminal(bench: &Bench) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "placement: {}", bench.placement.description);
     if !bench.cases.is_empty() {
-        let _ = writeln!(
-            out,
-            "{:<8} {:<12} {:<12} {:>22} {:>20} {:>8} {:>8}",
-            "handler", "pattern", "mode", "req/s", "p99 ms", "failed", "max/min"
-        );
+        terminal_header(&mut out, "mode");
     }
     for c in &bench.cases {
-        let m = &c.summary;
-        let _ = writeln!(
-            out,
-            "{:<8} {:<12} {:<12} {:>22} {:>20} {:>8} {:>8}",
-            c.case.scenario.name(),
-            c.case.pattern.name(),
-            c.case.mode.name(),
-            m.requests_per_second.show(0),
-            m.p99_ms.show(2),
-            m.failed.show(0),
-            m.share_max_over_min
-                .map_or_else(|| "-".to_owned(), |r| format!("{:.3}", r.median)),
+        terminal_row(
+            &mut out,
+            [
+                c.case.scenario.name(),
+                c.case.pattern.name(),
+                c.case.mode.name(),
+            ],
+            &c.summary,
         );
     }
     for c in &bench.decision_cost {
@@ -182,6 +163,7 @@ pub fn terminal(bench: &Bench) -> String {
                 .map_or_else(String::new, |r| format!("({r:.2}× floor-select)"))
         );
     }
+    out.push_str(&peer::report::terminal(bench));
     for t in bench
         .targets
         .iter()
@@ -198,6 +180,56 @@ pub fn terminal(bench: &Bench) -> String {
     out
 }
 
+/// The columns of a case's medians in the markdown tables, after its name.
+pub(crate) const SUMMARY_HEADER: &str = "workers | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | \
+     failed | share max/min | share CV | CPU s workers | supervisor | generator |";
+/// Their rule line.
+pub(crate) const SUMMARY_RULE: &str = "---|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// A case's cells under [`SUMMARY_HEADER`].
+pub(crate) fn summary_cells(workers: u32, m: &Summary) -> String {
+    format!(
+        "{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        workers,
+        m.requests_per_second.show(0),
+        m.p50_ms.show(2),
+        m.p90_ms.show(2),
+        m.p99_ms.show(2),
+        m.p999_ms.show(2),
+        m.failed.show(0),
+        optional(m.share_max_over_min.as_ref(), 3),
+        optional(m.share_cv.as_ref(), 3),
+        m.cpu_workers_seconds.show(2),
+        m.cpu_supervisor_seconds.show(2),
+        m.cpu_generator_seconds.show(2),
+    )
+}
+
+/// The terminal table's header, its third column named `name`.
+pub(crate) fn terminal_header(out: &mut String, name: &str) {
+    let _ = writeln!(
+        out,
+        "{:<8} {:<12} {:<12} {:>22} {:>20} {:>8} {:>8}",
+        "handler", "pattern", name, "req/s", "p99 ms", "failed", "max/min"
+    );
+}
+
+/// One line of the terminal table: handler, pattern and mode (or server), then the medians.
+pub(crate) fn terminal_row(out: &mut String, names: [&str; 3], m: &Summary) {
+    let _ = writeln!(
+        out,
+        "{:<8} {:<12} {:<12} {:>22} {:>20} {:>8} {:>8}",
+        names[0],
+        names[1],
+        names[2],
+        m.requests_per_second.show(0),
+        m.p99_ms.show(2),
+        m.failed.show(0),
+        m.share_max_over_min
+            .map_or_else(|| "-".to_owned(), |r| format!("{:.3}", r.median)),
+    );
+}
+
 fn optional(spread: Option<&Spread>, decimals: usize) -> String {
     spread.map_or_else(|| "-".to_owned(), |s| s.show(decimals))
 }
@@ -211,6 +243,7 @@ pub(crate) mod tests {
         cpu::Placement,
         decision_cost::{CostMode, CostRun},
         matrix::{Case, Iterations, Mode, Pattern, Scenario},
+        peer::{Peer, Status},
         results::{Calibration, CaseResult, CpuSeconds, Run, SCHEMA, Settings, Summary, System},
         targets,
     };
@@ -297,6 +330,7 @@ pub(crate) mod tests {
                     vec![run(1, 990.0, [500, 500]), run(2, 1010.0, [501, 500])],
                 ),
             ],
+            peer: Peer::skipped(Status::SkippedNoNode),
             targets: Vec::new(),
         };
         bench.targets = targets::evaluate(&bench);

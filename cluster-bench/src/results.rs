@@ -9,6 +9,7 @@ use crate::{
     decision_cost::CostResult,
     lifecycle::LifecycleRun,
     matrix::{Case, Iterations, Mode, Pattern, Scenario},
+    peer::Peer,
     stats::Spread,
     targets::Target,
 };
@@ -32,6 +33,8 @@ pub struct Bench {
     pub lifecycle: Vec<LifecycleRun>,
     /// Each in-kernel mode's cost per decision beside the floors, per pool size.
     pub decision_cost: Vec<CostResult>,
+    /// The Node peer: the same Node app under Node's cluster and under this pool.
+    pub peer: Peer,
     pub targets: Vec<Target>,
 }
 
@@ -166,20 +169,10 @@ impl Bench {
     /// The cases of each handler and pattern that ran, named, in report order.
     #[must_use]
     pub fn groups(&self) -> Vec<(String, Vec<&CaseResult>)> {
-        let mut groups = Vec::new();
-        for scenario in Scenario::ALL {
-            for pattern in Pattern::ALL {
-                let cases: Vec<&CaseResult> = self
-                    .cases
-                    .iter()
-                    .filter(|c| c.case.scenario == scenario && c.case.pattern == pattern)
-                    .collect();
-                if !cases.is_empty() {
-                    groups.push((format!("{scenario} handler, {pattern}"), cases));
-                }
-            }
-        }
-        groups
+        by_handler_and_pattern(&self.cases, |c| (c.case.scenario, c.case.pattern))
+            .into_iter()
+            .map(|(scenario, pattern, cases)| (format!("{scenario} handler, {pattern}"), cases))
+            .collect()
     }
 
     /// The result of `case`, if it ran.
@@ -192,4 +185,25 @@ impl Bench {
         };
         self.cases.iter().find(|c| c.case == wanted)
     }
+}
+
+/// `items` grouped by their handler and pattern (`key`), in report order; groups with no item
+/// are left out.
+pub fn by_handler_and_pattern<T>(
+    items: &[T],
+    key: impl Fn(&T) -> (Scenario, Pattern),
+) -> Vec<(Scenario, Pattern, Vec<&T>)> {
+    let mut groups = Vec::new();
+    for scenario in Scenario::ALL {
+        for pattern in Pattern::ALL {
+            let group: Vec<&T> = items
+                .iter()
+                .filter(|item| key(item) == (scenario, pattern))
+                .collect();
+            if !group.is_empty() {
+                groups.push((scenario, pattern, group));
+            }
+        }
+    }
+    groups
 }

@@ -1,7 +1,7 @@
 //! One run: a fresh pool for the case, the load against it, the CPU the pool and the generator
 //! used meanwhile, then the pool stopped.
 
-use std::{path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use cluster_load::{Config, LatencySummary, PathMix, Target};
@@ -10,7 +10,7 @@ use crate::{
     cpu::{self, Placement},
     lifecycle::{self, Lifecycle, LifecycleRun},
     matrix::{Iterations, Mode, Pattern, Step},
-    pool::Pool,
+    pool::{Pool, PoolTicks},
     progress::Progress,
     results::{Calibration, CpuSeconds, Run},
 };
@@ -39,31 +39,58 @@ impl Runner<'_> {
         self.progress.start_run(&what);
         let workers = case.mode.workers(self.workers);
         let pool = self.pool(case.mode.steering(), workers)?;
-        let mut config = Config::new(Target::from_addr(pool.addr));
-        config.paths = PathMix::parse(&case.scenario.mix(&self.iterations))?;
+        let mut config = self.load_config(
+            pool.addr,
+            &case.scenario.mix(&self.iterations),
+            case.pattern,
+        )?;
+        config.spread_sources = case.mode.spread_sources();
+        let run = self.measure(&what, step.round, config, workers, &|| pool.ticks())?;
+        pool.stop()?;
+        self.progress.run_done();
+        Ok(run)
+    }
+
+    /// The bench's load against `addr`: the weighted paths `mix`, in `pattern`.
+    pub fn load_config(&self, addr: SocketAddr, mix: &str, pattern: Pattern) -> Result<Config> {
+        let mut config = Config::new(Target::from_addr(addr));
+        config.paths = PathMix::parse(mix)?;
         config.concurrency = self.concurrency;
         config.duration = self.duration;
-        config.mode = case.pattern.connection_mode();
-        config.spread_sources = case.mode.spread_sources();
+        config.mode = pattern.connection_mode();
+        Ok(config)
+    }
 
-        let pool_before = pool.ticks()?;
+    /// Runs the load of `config` against a server of `slots` workers started for the run
+    /// `what`, and the CPU its processes (`ticks`) and the generator used meanwhile.
+    pub fn measure(
+        &self,
+        what: &str,
+        round: usize,
+        config: Config,
+        slots: u32,
+        ticks: &dyn Fn() -> Result<PoolTicks>,
+    ) -> Result<Run> {
+        let pool_before = ticks()?;
         let generator_before = cpu::ticks("self")?;
         let report = self.runtime.block_on(async {
             let running = cluster_load::start(config)?;
-            let follow = tokio::spawn(self.progress.clone().follow(what.clone(), running.live()));
+            let follow = tokio::spawn(
+                self.progress
+                    .clone()
+                    .follow(what.to_owned(), running.live()),
+            );
             let report = running.finish().await;
             follow.abort();
             report
         })?;
         let generator_after = cpu::ticks("self")?;
-        let pool_after = pool.ticks()?;
-        pool.stop()?;
-        self.progress.run_done();
+        let pool_after = ticks()?;
 
         #[expect(clippy::cast_precision_loss, reason = "clock ticks far below 2^52")]
         let seconds = |ticks: u64| ticks as f64 / cpu::ticks_per_second() as f64;
         Ok(Run {
-            round: step.round,
+            round,
             elapsed_seconds: report.elapsed_seconds,
             requests: report.requests,
             ok: report.ok,
@@ -71,7 +98,7 @@ impl Runner<'_> {
             requests_per_second: report.requests_per_second,
             latency: report.latency,
             errors: report.errors,
-            by_slot: report.by_slot.with_values(0..u64::from(workers)),
+            by_slot: report.by_slot.with_values(0..u64::from(slots)),
             cpu: CpuSeconds {
                 workers: seconds(pool_after.workers.saturating_sub(pool_before.workers)),
                 supervisor: seconds(pool_after.supervisor.saturating_sub(pool_before.supervisor)),
@@ -126,12 +153,19 @@ impl Runner<'_> {
     }
 
     /// Measures what the uniform handler's loop costs: one worker, one client, requests one
-    /// after another, the median of `/work` less the median of `GET /`.
+    /// after another, the median of `/work` less the median of `GET /` (`calibrate_on`).
     pub fn calibrate(&self) -> Result<Calibration> {
         self.progress.start_run("calibrating the /work loop");
         let pool = self.pool(Mode::Single.steering(), 1)?;
+        let calibration = self.calibrate_on(pool.addr, self.iterations.uniform)?;
+        pool.stop()?;
+        Ok(calibration)
+    }
+
+    /// Measures what `/work?iterations=N` costs the one worker serving at `addr`.
+    pub fn calibrate_on(&self, addr: SocketAddr, iterations: u64) -> Result<Calibration> {
         let median = |path: String| -> Result<LatencySummary> {
-            let mut config = Config::new(Target::from_addr(pool.addr));
+            let mut config = Config::new(Target::from_addr(addr));
             config.paths = PathMix::single(&path)?;
             config.concurrency = 1;
             config.duration = Duration::from_secs(1);
@@ -139,9 +173,7 @@ impl Runner<'_> {
             Ok(self.runtime.block_on(cluster_load::run(config))?.latency)
         };
         let light = median("/".to_owned())?;
-        let iterations = self.iterations.uniform;
         let work = median(format!("/work?iterations={iterations}"))?;
-        pool.stop()?;
         #[expect(clippy::cast_precision_loss, reason = "microseconds far below 2^52")]
         let loop_ms = work.p50_us.saturating_sub(light.p50_us) as f64 / 1000.0;
         #[expect(clippy::cast_precision_loss, reason = "iterations far below 2^52")]
@@ -159,11 +191,13 @@ impl Runner<'_> {
 
     /// A pool placed as the bench's placement says, with `extra` options for `cluster run`.
     pub fn pool_with(&self, steering: &str, workers: u32, extra: &[&str]) -> Result<Pool> {
-        let cpus = self
-            .placement
-            .pinned
-            .then_some(self.placement.pool_cpus.as_slice());
-        Pool::start(self.binary, steering, workers, cpus, extra)
-            .with_context(|| format!("a pool for {steering}"))
+        Pool::start(
+            self.binary,
+            steering,
+            workers,
+            self.placement.pool_restriction(),
+            extra,
+        )
+        .with_context(|| format!("a pool for {steering}"))
     }
 }

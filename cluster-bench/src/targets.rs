@@ -7,7 +7,8 @@ use crate::{
     decision_cost::CostMode,
     lifecycle::Lifecycle,
     matrix::{Mode, Pattern, Scenario},
-    results::{Bench, CaseResult},
+    peer,
+    results::{Bench, CaseResult, Summary},
 };
 
 /// One target and how the bench did against it.
@@ -42,7 +43,7 @@ impl Verdict {
 }
 
 impl Target {
-    fn check(wanted: String, measured: String, met: bool) -> Self {
+    pub(crate) fn check(wanted: String, measured: String, met: bool) -> Self {
         Self {
             wanted,
             measured,
@@ -50,7 +51,7 @@ impl Target {
         }
     }
 
-    fn not_measured(wanted: String, why: &str) -> Self {
+    pub(crate) fn not_measured(wanted: String, why: &str) -> Self {
         Self {
             wanted,
             measured: why.to_owned(),
@@ -68,12 +69,7 @@ pub fn evaluate(bench: &Bench) -> Vec<Target> {
     least_conn_on_mixed(bench, &mut targets);
     workers_scale(bench, &mut targets);
     lifecycle(bench, &mut targets);
-    targets.push(Target::not_measured(
-        "the seeds' app under this pool ≥ 1.0 × under Node's cluster (≥ 1.6× with no loop); \
-         least-conn on mixed ≥ 0.95 × Node's cluster"
-            .to_owned(),
-        "the Node peer is not in the bench yet",
-    ));
+    peer::targets::evaluate(bench, &mut targets);
     decision_cost(bench, &mut targets);
     targets
 }
@@ -170,22 +166,38 @@ fn least_conn_on_mixed(bench: &Bench, targets: &mut Vec<Target>) {
         ) else {
             continue;
         };
-        let ratio = rps(least) / rps(shared);
-        targets.push(Target::check(
-            format!("least-conn ≥ 0.95 × shared req/s, mixed handler, {pattern}"),
-            format!("{ratio:.2}×"),
-            ratio >= 0.95,
-        ));
-        let p99 = least.summary.p99_ms.median / shared.summary.p99_ms.median;
-        targets.push(Target::check(
-            format!("least-conn p99 ≤ 1.1 × shared, mixed handler, {pattern}"),
-            format!(
-                "{p99:.2}× ({:.1} ms against {:.1} ms)",
-                least.summary.p99_ms.median, shared.summary.p99_ms.median
-            ),
-            p99 <= 1.1,
-        ));
+        parity(
+            targets,
+            ("least-conn", &least.summary),
+            ("shared", &shared.summary),
+            &format!("mixed handler, {pattern}"),
+        );
     }
+}
+
+/// The parity targets of `ours` against `theirs` (a name and its medians) under `context`:
+/// throughput ≥ 0.95×, p99 ≤ 1.1×.
+pub(crate) fn parity(
+    targets: &mut Vec<Target>,
+    (ours, our_summary): (&str, &Summary),
+    (theirs, their_summary): (&str, &Summary),
+    context: &str,
+) {
+    let ratio = our_summary.requests_per_second.median / their_summary.requests_per_second.median;
+    targets.push(Target::check(
+        format!("{ours} ≥ 0.95 × {theirs} req/s, {context}"),
+        format!("{ratio:.2}×"),
+        ratio >= 0.95,
+    ));
+    let p99 = our_summary.p99_ms.median / their_summary.p99_ms.median;
+    targets.push(Target::check(
+        format!("{ours} p99 ≤ 1.1 × {theirs}, {context}"),
+        format!(
+            "{p99:.2}× ({:.1} ms against {:.1} ms)",
+            our_summary.p99_ms.median, their_summary.p99_ms.median
+        ),
+        p99 <= 1.1,
+    ));
 }
 
 fn workers_scale(bench: &Bench, targets: &mut Vec<Target>) {

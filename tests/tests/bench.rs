@@ -1,6 +1,8 @@
-//! `cargo xtask bench --quick` as a user runs it: two modes against the real pool, and its
-//! outputs are whole: bench-report.md with its sections, bench.json with the shape the README
-//! documents, and SVG plots that parse as XML. No figure is asserted: speed is never tested.
+//! `cargo xtask bench --quick` as a user runs it: two modes against the real pool, the Node
+//! peer beside them (Node's cluster and the Node app under the pool), and its outputs are whole:
+//! bench-report.md with its sections, bench.json with the shape the README documents, and SVG
+//! plots that parse as XML. Without `node` on PATH the peer is skipped, and bench.json says so.
+//! No figure is asserted: speed is never tested.
 
 use std::{
     fs,
@@ -15,8 +17,8 @@ use serde_json::Value;
 struct OutDir(PathBuf);
 
 impl OutDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("cluster-bench-test-{}", std::process::id()));
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("cluster-bench-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         Self(dir)
     }
@@ -59,10 +61,10 @@ fn assert_well_formed_svg(path: &Path) {
     );
 }
 
-#[test]
-fn a_quick_bench_writes_its_report_json_and_plots() {
-    require_root();
-    let out = OutDir::new();
+/// Runs `cluster-bench --quick --duration 1 --concurrency 4 --quiet --out OUT ARGS` with
+/// `path` as PATH (`None`: this process's), asserts that it succeeded, and returns its stdout and
+/// bench.json.
+fn quick_bench(out: &OutDir, args: &[&str], path: Option<&std::ffi::OsStr>) -> (String, Value) {
     let mut bench = Command::new(bench_binary());
     bench
         .arg("--cluster")
@@ -76,7 +78,11 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
             "--quiet",
             "--out",
         ])
-        .arg(&out.0);
+        .arg(&out.0)
+        .args(args);
+    if let Some(path) = path {
+        bench.env("PATH", path);
+    }
     let run = run_captured(bench);
     assert!(
         run.status.success(),
@@ -84,10 +90,30 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
         run.stdout,
         run.stderr
     );
-    assert!(run.stdout.contains("placement: "), "{}", run.stdout);
-
-    let json: Value =
+    let json =
         serde_json::from_str(&fs::read_to_string(out.0.join("bench.json")).unwrap()).unwrap();
+    (run.stdout, json)
+}
+
+/// Whether `node` is on PATH (the bench's peer needs it; `cargo xtask test` installs it).
+fn node_on_path() -> bool {
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn a_quick_bench_writes_its_report_json_and_plots() {
+    require_root();
+    assert!(
+        node_on_path(),
+        "this test runs the bench's Node peer and needs `node` on PATH: install nodejs (as root \
+         `cargo xtask test` does with apt-get)"
+    );
+    let out = OutDir::new("test");
+    let (stdout, json) = quick_bench(&out, &[], None);
+    assert!(stdout.contains("placement: "), "{stdout}");
     assert_eq!(at(&json, "schema"), 1);
     for path in [
         "command.0",
@@ -205,8 +231,115 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
     ] {
         assert!(report.contains(section), "no {section:?} in:\n{report}");
     }
-    for svg in ["throughput.svg", "latency.svg", "share.svg"] {
+    for svg in [
+        "throughput.svg",
+        "latency.svg",
+        "share.svg",
+        "node-peer.svg",
+    ] {
         assert!(report.contains(&format!("]({svg})")), "{report}");
         assert_well_formed_svg(&out.0.join(svg));
     }
+    assert_node_peer_ran(&json, &report, &out);
+}
+
+/// The peer ran the Node app under Node's cluster and under the pool's two quick modes, every
+/// worker answered with its slot, and the report sets them side by side.
+fn assert_node_peer_ran(json: &Value, report: &str, out: &OutDir) {
+    let peer = at(json, "peer");
+    assert_eq!(at(peer, "status"), "ran", "{peer:#}");
+    assert!(at(peer, "skipped_because").is_null(), "{peer:#}");
+    assert!(at(peer, "node_version").as_str().unwrap().starts_with('v'));
+    let app = Path::new(at(peer, "app").as_str().unwrap());
+    assert_eq!(app, out.0.join("node/server.js").canonicalize().unwrap());
+    for path in [
+        "iterations.uniform",
+        "iterations.mixed_light",
+        "iterations.mixed_heavy",
+        "calibration.loop_ms",
+        "calibration.ns_per_iteration",
+    ] {
+        at(peer, path);
+    }
+    let servers = ["node-cluster", "shared", "round-robin"];
+    assert_eq!(at(peer, "servers"), &serde_json::json!(servers));
+    let cases = at(peer, "cases").as_array().unwrap();
+    let ran: Vec<&str> = cases
+        .iter()
+        .map(|c| at(c, "server").as_str().unwrap())
+        .collect();
+    assert_eq!(ran, servers, "{peer:#}");
+    for case in cases {
+        assert_eq!(at(case, "scenario"), "light");
+        assert_eq!(at(case, "pattern"), "per-request");
+        assert_eq!(at(case, "workers"), 2);
+        let run = at(case, "runs.0");
+        assert!(at(run, "ok").as_u64().unwrap() > 0, "{case:#}");
+        assert_eq!(at(run, "failed"), 0, "{case:#}");
+        // Both Node workers answered, each with its own x-worker-slot.
+        let counts = at(run, "by_slot.counts").as_object().unwrap();
+        assert_eq!(counts.len(), 2, "{case:#}");
+        assert!(counts.values().all(|n| n.as_u64().unwrap() > 0), "{case:#}");
+        assert_eq!(at(run, "by_slot.without_header"), 0, "{case:#}");
+        at(case, "summary.requests_per_second.median");
+        at(case, "runs.0.cpu.supervisor");
+    }
+    let targets = at(json, "targets").as_array().unwrap();
+    assert!(
+        targets.iter().any(|t| {
+            at(t, "wanted")
+                .as_str()
+                .unwrap()
+                .contains("under Node's cluster")
+                && at(t, "verdict") != "not-measured"
+        }),
+        "the no-loop target against Node's cluster is measured: {targets:#?}"
+    );
+    for section in [
+        "## Node peer: user-space, OS and in-kernel scheduling side by side",
+        "### Node app, no loop handler, per-request",
+        "| user space | node-cluster | 2 |",
+        "| OS | shared | 2 |",
+        "| in kernel | round-robin | 2 |",
+    ] {
+        assert!(report.contains(section), "no {section:?} in:\n{report}");
+    }
+}
+
+/// Without `node` on PATH the bench still runs, and bench.json and the report say the peer was
+/// skipped. `shared` alone, without the decision cost, needs no root.
+#[test]
+fn without_node_the_peer_is_skipped_and_said_so() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let without_node =
+        std::env::join_paths(std::env::split_paths(&path).filter(|dir| !dir.join("node").exists()))
+            .unwrap();
+    let out = OutDir::new("no-node");
+    let (_, json) = quick_bench(
+        &out,
+        &["--modes", "shared", "--no-cost"],
+        Some(&without_node),
+    );
+    let peer = at(&json, "peer");
+    assert_eq!(at(peer, "status"), "skipped-no-node", "{peer:#}");
+    assert!(at(peer, "cases").as_array().unwrap().is_empty());
+    assert!(at(peer, "skipped_because").is_string(), "{peer:#}");
+    let node_targets: Vec<&Value> = at(&json, "targets")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| at(t, "wanted").as_str().unwrap().contains("Node's cluster"))
+        .collect();
+    assert_eq!(node_targets.len(), 1, "{node_targets:#?}");
+    assert_eq!(at(node_targets[0], "verdict"), "not-measured");
+    assert!(!out.0.join("node-peer.svg").exists());
+    assert!(
+        !out.0.join("node").exists(),
+        "no app is written when skipped"
+    );
+    let report = fs::read_to_string(out.0.join("bench-report.md")).unwrap();
+    assert!(
+        report.contains("## Node peer: user-space, OS and in-kernel scheduling side by side"),
+        "{report}"
+    );
 }

@@ -195,12 +195,13 @@ fn cache_dir() -> Result<PathBuf> {
 }
 
 /// Programs the integration tests run, with the Debian package of each.
-const TEST_TOOLS: [(&str, &str); 5] = [
+const TEST_TOOLS: [(&str, &str); 6] = [
     ("ip", "iproute2"),
     ("setcap", "libcap2-bin"),
     ("setpriv", "util-linux"),
     ("systemd-notify", "systemd"),
     ("python3", "python3"),
+    ("node", "nodejs"),
 ];
 
 /// Installs the programs the integration tests need, with apt-get, when some are missing and
