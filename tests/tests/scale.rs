@@ -1,6 +1,6 @@
 //! Scaling by one slot at a time with SIGTTIN and SIGTTOU, under load: a new slot takes its share
 //! of connections once its worker is ready, a removed slot leaves the selection at once and its
-//! worker drains, and no request fails on the way (2 → 4 → 1 workers). In sticky mode, with 300
+//! worker drains, and no request fails on the way (2 → 4 → 1 workers). In sticky mode, with 1000
 //! client addresses from 127.0.0.0/8, a third slot takes addresses only from the other two (none
 //! moves between old slots, and at most 1.5/3 of them move: the share is about 1/3), and removing
 //! it again moves only the addresses it had. Each pool runs in a private network namespace, alone
@@ -229,7 +229,7 @@ fn sticky_scaling_moves_only_the_addresses_it_must() {
 }
 
 fn sticky_scaling_moves_only_the_addresses_it_must_in(ns: &NetNs) {
-    const ADDRESSES: u16 = 300;
+    const ADDRESSES: u16 = 1000;
     let cluster = ns.start_cluster(&["--workers", "2", "--steering", "sticky"]);
     let addresses = clients(ADDRESSES);
 

@@ -1,6 +1,7 @@
 //! Under SYN cookies the program runs twice per connection: for the SYN, and again for the ACK
-//! that completes the handshake, whose choice gets the connection. Round-robin stays exact,
-//! sticky keeps each address on its worker, and the counters count connections, not packets.
+//! that completes the handshake, whose choice gets the connection. Round-robin and least-conn
+//! stay exact, sticky keeps each address on its worker, and the counters count connections, not
+//! packets.
 //! Each test runs in a private network namespace with `net.ipv4.tcp_syncookies=2` (cookies for
 //! every connection), which the kernel otherwise turns on by itself when a listen queue
 //! overflows.
@@ -25,12 +26,13 @@ fn pool_with_cookies(args: &[&str]) -> (NetNs, Cluster) {
     (ns, cluster)
 }
 
-fn round_robin_with_cookies(workers: u32) {
+fn rotation_with_cookies(workers: u32, steering: &str) {
     require_root();
-    let (ns, cluster) = pool_with_cookies(&["--workers", &workers.to_string()]);
+    let (ns, cluster) =
+        pool_with_cookies(&["--workers", &workers.to_string(), "--steering", steering]);
     let addr = cluster.addr();
     let counts = ns.run(|| tally(addr, "/", 40, 1));
-    eprintln!("round-robin under SYN cookies, {workers} workers, 40 connections: {counts:?}");
+    eprintln!("{steering} under SYN cookies, {workers} workers, 40 connections: {counts:?}");
     assert_exact_rotation(&counts, workers);
     let (status, log) = cluster.stop();
     assert!(status.success(), "{log}");
@@ -40,12 +42,19 @@ fn round_robin_with_cookies(workers: u32) {
 
 #[test]
 fn round_robin_stays_exact_with_two_workers() {
-    round_robin_with_cookies(2);
+    rotation_with_cookies(2, "round-robin");
 }
 
 #[test]
 fn round_robin_stays_exact_with_four_workers() {
-    round_robin_with_cookies(4);
+    rotation_with_cookies(4, "round-robin");
+}
+
+/// One connection at a time: every worker has none open at each new one, so least-conn's ties
+/// follow the rotation, which the cookie ACKs turn on their own counter, exactly.
+#[test]
+fn least_conn_stays_exact_with_four_workers() {
+    rotation_with_cookies(4, "least-conn");
 }
 
 #[test]
