@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{Parser as _, error::ErrorKind};
 use cluster::{
     cli::{Cli, Command, LogFormat},
     commands, handoff,
@@ -23,7 +23,17 @@ const EXIT_WORKERS_KILLED: u8 = 3;
 const EXIT_CANNOT_START: u8 = 4;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err)
+            if err.use_stderr()
+                && err.kind() != ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            telemetry::print_error(&one_line(&err.render().to_string()));
+            return ExitCode::from(2);
+        }
+        Err(err) => err.exit(),
+    };
     if let Command::Run(_) = cli.command
         && let Err(err) = supervisor::signals::block()
     {
@@ -70,4 +80,44 @@ fn main() -> ExitCode {
             _ => ExitCode::FAILURE,
         }
     })
+}
+
+/// clap's error as one line: its `error:` line, its tip if it has one, and where the options
+/// are listed, instead of the usage block that follows it.
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("error: bad command line");
+    let tip = lines.find(|l| l.starts_with("tip:"));
+    match tip {
+        Some(tip) => format!("{first}; {tip} (`cluster --help` lists the commands and options)"),
+        None => format!("{first} (`cluster --help` lists the commands and options)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_command_line_is_one_line_naming_the_help() {
+        let err = Cli::try_parse_from(["cluster", "statsu"]).unwrap_err();
+        let line = one_line(&err.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("error: unrecognized subcommand 'statsu'"),
+            "{line}"
+        );
+        assert!(
+            line.contains("tip: a similar subcommand exists: 'status'"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("(`cluster --help` lists the commands and options)"),
+            "{line}"
+        );
+        let err = Cli::try_parse_from(["cluster", "scale", "0"]).unwrap_err();
+        let line = one_line(&err.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("0 is not in 1..=1024"), "{line}");
+    }
 }

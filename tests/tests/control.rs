@@ -280,11 +280,21 @@ fn bad_input_gets_a_one_line_error_and_the_pool_serves_on() {
         assert!(!error.contains('\n'), "{error}");
     }
     assert_fails_with(&cluster.control(&["drain", "9"]), "no slot 9");
-    let out = cluster.control(&["scale", "0"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let out = run_captured(cluster_command(&["frobnicate"]));
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(out.stderr.contains("unrecognized subcommand"), "{out:?}");
+    // A bad command line: exit status 2 and one line that names the help.
+    for (args, needle) in [
+        (&["scale", "0"][..], "0 is not in 1..=1024"),
+        (&["frobnicate"][..], "unrecognized subcommand 'frobnicate'"),
+    ] {
+        let out = if args[0] == "scale" {
+            cluster.control(args)
+        } else {
+            run_captured(cluster_command(args))
+        };
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out:?}");
+        assert!(out.stderr.contains(needle), "{out:?}");
+        assert!(out.stderr.contains("`cluster --help`"), "{out:?}");
+    }
     assert_fails_with(
         &run_captured(cluster_command(&["status", "--pid", "2147483646"])),
         "no supervisor listens on",

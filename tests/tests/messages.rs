@@ -80,6 +80,7 @@ fn broadcast_reaches_every_worker_and_send_reaches_one() {
     let out = cluster.control(&["send", "7", "1"]);
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("no worker in slot 7"), "{out:?}");
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out:?}");
 }
 
 #[test]
