@@ -4,7 +4,7 @@
 //! the built-in worker or a COMMAND that exits at once on SIGTERM. Under `hash`, which has no map,
 //! the built-in worker loses nothing either with new connections, when
 //! `net.ipv4.tcp_migrate_req=1` migrates what is queued on a closing socket. A replacement that
-//! fails stops the reload and leaves the old worker serving.
+//! fails, or never becomes ready, stops the reload and leaves the old worker serving.
 
 use std::{
     collections::BTreeSet,
@@ -186,6 +186,38 @@ fn a_replacement_that_fails_stops_the_reload_and_the_old_workers_serve_on() {
     let (status, log) = cluster.stop();
     assert!(status.success(), "{status}\n{log}");
     assert!(!log.contains("replacing the old one"), "{log}");
+}
+
+/// A replacement that starts but never becomes ready (`--wait-ready`, no READY=1) is killed at
+/// `--ready-timeout`: `cluster reload` exits 1 with the reason, `status` counts the failed
+/// reload, and the old workers serve on.
+#[test]
+fn a_replacement_that_never_becomes_ready_fails_the_reload() {
+    require_root();
+    let marker = std::env::temp_dir().join(format!("cluster-never-ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let script = "if [ -e \"$1\" ]; then exec sleep 600; fi; exec python3 -c \"$0\" notify";
+    let mut command = cluster_run(&["--workers", "2", "--wait-ready", "--ready-timeout", "2"]);
+    command
+        .args(["--", "sh", "-c", script, PYTHON_SERVER])
+        .arg(&marker);
+    let cluster = Cluster::start_command(command);
+    let before = answering_pids(&cluster);
+    std::fs::write(&marker, b"").expect("create the marker");
+    let out = cluster.control(&["reload"]);
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out:?}");
+    assert!(out.stderr.contains("reload failed"), "{out:?}");
+    let reloads = cluster.status()["reloads"].clone();
+    assert_eq!(
+        (&reloads["failed"], &reloads["finished"]),
+        (&1.into(), &0.into()),
+        "{reloads}"
+    );
+    assert_eq!(answering_pids(&cluster), before, "the old workers serve on");
+    let (status, log) = cluster.stop();
+    assert!(status.success(), "{status}\n{log}");
 }
 
 #[test]
