@@ -1,6 +1,7 @@
 //! Supervisor↔worker messages: `cluster broadcast` reaches every worker and `cluster send` one
 //! (each seen through the demo worker's `GET /message`), a worker started later gets the last
-//! broadcast, and what a worker writes on fd 4 is logged as a `worker message`.
+//! broadcast, a COMMAND that is drained reads `{"type":"drain"}` on fd 4 before its SIGTERM, and
+//! what a worker writes on fd 4 is logged as a `worker message`.
 
 use std::{
     collections::BTreeMap,
@@ -98,4 +99,56 @@ fn what_a_worker_writes_on_its_channel_is_logged() {
         (message.is_some() && skipped).then_some(())
     });
     assert!(logged.is_some(), "{}", cluster.log());
+}
+
+/// Reads fd 4 in a thread, writes the first `drain` message it gets to the file named by the
+/// last argument, and ends on SIGTERM once it has (or after 10 s), so that the drain message,
+/// sent before the SIGTERM, is seen even on a busy machine. Prefixed to `PYTHON_SERVER`.
+const DRAIN_WATCHER: &str = r#"
+import json, os, signal, sys, threading
+def watch():
+    for line in os.fdopen(4):
+        if json.loads(line).get("type") == "drain":
+            with open(sys.argv[-1], "w") as out:
+                out.write(line)
+            return
+watcher = threading.Thread(target=watch, daemon=True)
+watcher.start()
+def stop(*_):
+    watcher.join(10)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+"#;
+
+#[test]
+fn a_drained_command_reads_the_drain_message_before_its_sigterm() {
+    require_root();
+    let marker = std::env::temp_dir().join(format!("cluster-drain-seen-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let mut command = cluster_run(&["--workers", "1"]);
+    command
+        .args([
+            "--",
+            "python3",
+            "-c",
+            &format!("{DRAIN_WATCHER}{PYTHON_SERVER}"),
+        ])
+        .arg(&marker);
+    let cluster = Cluster::start_command(command);
+    let out = cluster.control(&["drain", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        match std::fs::read_to_string(&marker) {
+            Ok(line) if line.ends_with('\n') => break line,
+            _ if Instant::now() > deadline => panic!("no drain message seen\n{}", cluster.log()),
+            _ => thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let _ = std::fs::remove_file(&marker);
+    let message: serde_json::Value = serde_json::from_str(&seen).expect("one JSON line");
+    assert_eq!(message, serde_json::json!({"type": "drain"}));
+    let (status, log) = cluster.stop();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(!log.contains("Traceback"), "{log}");
 }
