@@ -2,7 +2,8 @@
 //! with a whole `200 OK` (the one a worker is busy with, and the one waiting behind it, in its
 //! accept queue or accepted and not yet read), a keep-alive client in mid-stream gets complete answers up to one marked
 //! `Connection: close` and then a clean end of stream (never a truncated answer or a request
-//! left unanswered), and the supervisor exits 0 with every worker gone.
+//! left unanswered), and the supervisor exits 0 with every worker gone. A kept-alive connection
+//! left idle while its worker drains is closed cleanly after the worker's idle grace.
 //!
 //! The long requests are `GET /work` sized at run time to about 1.5 s each (the demo worker burns
 //! CPU on its only thread, so the speed depends on the build and the machine's load), and the
@@ -203,4 +204,45 @@ fn sigterm_lets_every_request_in_flight_finish_and_exits_0_in(ns: &NetNs) {
         all_gone(&workers, Duration::from_secs(5)),
         "workers left behind\n{log}"
     );
+}
+
+/// A kept-alive connection that stays idle while its worker drains is closed by the worker once
+/// its idle grace (2 s) passes, cleanly (an end of stream, no half answer), and the worker then
+/// exits by itself, far from `--drain-timeout` (120 s here), which would end it with SIGKILL.
+#[test]
+fn an_idle_kept_alive_connection_is_closed_when_its_worker_drains() {
+    require_root();
+    NetNs::isolated(an_idle_kept_alive_connection_is_closed_when_its_worker_drains_in);
+}
+
+fn an_idle_kept_alive_connection_is_closed_when_its_worker_drains_in(ns: &NetNs) {
+    let cluster = ns.start_cluster(&["--workers", "1", "--drain-timeout", "120"]);
+    let addr = cluster.addr();
+    let old = cluster.started_pid(0, 0).expect("worker pid");
+    let mut reader = connect(addr);
+    send(&mut reader, addr, "/", "keep-alive");
+    let answer = read_answer(&mut reader).expect("the first answer");
+    assert!(!answer.close, "{answer:?}");
+    let out = cluster.control(&["drain", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    // Idle from here on: the draining worker closes the connection after its grace.
+    reader
+        .get_mut()
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set a read timeout");
+    let mut rest = Vec::new();
+    let ended = reader.read_to_end(&mut rest);
+    assert!(
+        matches!(ended, Ok(0)),
+        "wanted a clean end of stream: {ended:?}, {} bytes\n{}",
+        rest.len(),
+        cluster.log()
+    );
+    assert!(
+        all_gone(&[old], Duration::from_secs(60)),
+        "the drained worker {old} did not exit by itself\n{}",
+        cluster.log()
+    );
+    let (status, log) = cluster.stop();
+    assert!(status.success(), "{status}\n{log}");
 }
