@@ -79,7 +79,8 @@ impl Seen {
 #[derive(Debug)]
 struct StickyLoad {
     stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
+    /// Answers each thread got.
+    answered: Vec<Arc<AtomicU64>>,
     threads: Vec<JoinHandle<Seen>>,
 }
 
@@ -87,11 +88,13 @@ impl StickyLoad {
     /// One thread per group of addresses; `slots` is each address's slot.
     fn start(addr: SocketAddr, groups: Vec<Vec<IpAddr>>, slots: &BTreeMap<IpAddr, u32>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
+        let answered: Vec<Arc<AtomicU64>> =
+            groups.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
         let threads = groups
             .into_iter()
-            .map(|group| {
-                let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
+            .zip(&answered)
+            .map(|(group, answered)| {
+                let (stop, answered) = (Arc::clone(&stop), Arc::clone(answered));
                 let own: Vec<(IpAddr, u32)> = group.iter().map(|ip| (*ip, slots[ip])).collect();
                 thread::spawn(move || {
                     let mut seen = Seen::default();
@@ -127,10 +130,22 @@ impl StickyLoad {
         }
     }
 
+    /// Waits until every thread got its part of `more` answers, so that every group of
+    /// addresses (each slot's) was answered, however the threads were scheduled.
     fn wait_for_answers(&self, more: u64, cluster: &Cluster) {
-        let target = self.answered.load(Ordering::Relaxed) + more;
+        let each = more.div_ceil(self.answered.len().max(1) as u64);
+        let targets: Vec<u64> = self
+            .answered
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed) + each)
+            .collect();
         let deadline = Instant::now() + TIMEOUT;
-        while self.answered.load(Ordering::Relaxed) < target {
+        while self
+            .answered
+            .iter()
+            .zip(&targets)
+            .any(|(a, &target)| a.load(Ordering::Relaxed) < target)
+        {
             assert!(
                 Instant::now() < deadline,
                 "the sticky load got no {more} answers\n{}",

@@ -3,7 +3,8 @@
 //!
 //! Draining: accept whatever is queued, close the listener (the kernel migrates what arrives
 //! later to the serving workers), answer the next request on every connection with
-//! `Connection: close`, and close a connection that stays idle for 2 s (`IDLE_GRACE`). Closing idle
+//! `Connection: close`, and close a connection that stays idle for 2 s (`IDLE_GRACE`), unless a
+//! request waits unread on it (the worker's one thread was busy meanwhile). Closing idle
 //! keep-alive connections at once (hyper-util's graceful shutdown) races with a request the
 //! client is sending on one, and loses it (nginx/nginx#437).
 
@@ -11,7 +12,13 @@ pub mod channel;
 mod http;
 mod listen_fds;
 
-use std::{convert::Infallible, io, net::TcpListener as StdListener, time::Duration};
+use std::{
+    convert::Infallible,
+    io,
+    net::TcpListener as StdListener,
+    os::fd::{AsRawFd as _, RawFd},
+    time::Duration,
+};
 
 use hyper::{
     header::{CONNECTION, HeaderValue},
@@ -173,22 +180,29 @@ fn serve_connection(
         }
     });
     let mut drain_watch = drain_watch.clone();
+    let fd = stream.as_raw_fd();
     connections.spawn(async move {
         let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
-            () = until_draining(&mut drain_watch) => {
+            () = until_draining(&mut drain_watch) => loop {
                 tokio::select! {
-                    result = connection.as_mut() => result,
+                    result = connection.as_mut() => break result,
                     () = sleep(IDLE_GRACE) => {
-                        // Idle all along (a busy connection got `Connection: close` and ended):
-                        // finish any request in flight, then close.
+                        // A request that arrived while the worker's one thread was busy
+                        // elsewhere is still unread: it is answered (with `Connection: close`)
+                        // before anything closes.
+                        if bytes_unread(fd) {
+                            continue;
+                        }
+                        // Idle (a busy connection got `Connection: close` and ended): finish any
+                        // request in flight, then close.
                         connection.as_mut().graceful_shutdown();
-                        connection.await
+                        break connection.await;
                     }
                 }
-            }
+            },
         };
         if let Err(err) = result {
             debug!(error = %err, "connection ended with an error");
@@ -203,6 +217,15 @@ async fn next_message(channel: Option<&mut channel::Channel>) -> Option<channel:
         Some(channel) => channel.recv().await.ok().flatten(),
         None => std::future::pending().await,
     }
+}
+
+/// Whether the socket `fd` has received bytes nobody has read yet (`FIONREAD`, tcp(7)); `false`
+/// when that cannot be told. `fd` belongs to a connection the caller keeps open.
+fn bytes_unread(fd: RawFd) -> bool {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer given; `fd` is an open socket.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &raw mut unread) };
+    rc == 0 && unread > 0
 }
 
 /// Returns once the worker drains (at once if it already does).
