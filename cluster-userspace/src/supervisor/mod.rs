@@ -321,6 +321,7 @@ impl Supervisor {
         };
         let control = ControlServer::bind(&control_path)?;
         let pool = Pool::new(config, options.slots, std::time::Instant::now());
+        log_guarantee(&options, &fx);
         let queue_readings = watch_queues(&options, &fx);
         Ok(Self {
             health: Health::new(options.health),
@@ -780,6 +781,29 @@ impl Supervisor {
     }
 }
 
+/// Logs, at start, what the steering mode promises for starting and closing sockets: where a
+/// program steers, a socket gets connections only once its worker is ready, and a closing
+/// socket's queue migrates (with a migrate-capable kernel); under `hash` a socket gets its share
+/// as soon as it listens and a closing one's queue migrates only with `tcp_migrate_req`; under
+/// `shared` the one socket outlives every worker.
+fn log_guarantee(options: &Options, fx: &SystemEffects) {
+    let steering = options.mode;
+    if let Some(program) = fx.steering.program() {
+        let migrate = program.migrates();
+        info!(%steering, migrate, "a socket gets connections only once its worker is ready; what is queued on a closing socket migrates to the serving workers (reset instead where the kernel cannot migrate: migrate=false)");
+    } else if steering == SteeringMode::Shared {
+        info!(%steering, "one listening socket, held by the supervisor, for every worker: a worker's exit or reload leaves what is queued to the others");
+    } else {
+        let migrate_req = tcp_migrate_req();
+        info!(%steering, migrate_req, "no program: a socket takes its hash share as soon as it listens, before its worker is ready; what is queued on a closing socket is reset unless net.ipv4.tcp_migrate_req=1");
+    }
+}
+
+/// `net.ipv4.tcp_migrate_req` of this network namespace; `false` when it cannot be read.
+fn tcp_migrate_req() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1")
+}
+
 /// Starts reading the accept queues where stalls can be seen: with a program or the counter
 /// alone (`hash`), which count each socket's connections. Logs why not otherwise, and what a
 /// hang kill means under `hash`.
@@ -793,11 +817,8 @@ fn watch_queues(options: &Options, fx: &SystemEffects) -> Option<mpsc::Receiver<
         }
     }
     if fx.steering.program().is_none() {
-        let migrate_req = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
-            .map(|v| v.trim() == "1")
-            .unwrap_or(false);
         info!(
-            migrate_req,
+            migrate_req = tcp_migrate_req(),
             "--steering hash: a stalled worker keeps its hash share (no program to skip it); a hung one is killed, and what was queued on it is reset unless net.ipv4.tcp_migrate_req=1"
         );
     }
