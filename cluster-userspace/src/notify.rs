@@ -205,11 +205,30 @@ pub fn says_ready(message: &[u8]) -> bool {
         .any(|line| line == b"READY=1")
 }
 
-/// Sends `READY=1` to `NOTIFY_SOCKET`, if it is set.
-pub fn notify_ready() -> io::Result<()> {
-    match std::env::var_os(NOTIFY_SOCKET) {
-        Some(target) => send(target.as_bytes(), b"READY=1\n"),
-        None => Ok(()),
+/// How long [`notify_ready`] retries while the supervisor's receive queue is full.
+const NOTIFY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+/// The pause between two tries.
+const NOTIFY_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Sends `READY=1` to `NOTIFY_SOCKET`, if it is set. A datagram socket's receive queue holds
+/// `net.unix.max_dgram_qlen` messages (10 by default), so when many workers start at once some
+/// find it full (EAGAIN): they try again every 10 ms, for up to 10 s, without blocking their
+/// loop.
+pub async fn notify_ready() -> io::Result<()> {
+    let Some(target) = std::env::var_os(NOTIFY_SOCKET) else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + NOTIFY_PATIENCE;
+    loop {
+        match send(target.as_bytes(), b"READY=1\n") {
+            Err(err)
+                if err.kind() == io::ErrorKind::WouldBlock
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(NOTIFY_RETRY).await;
+            }
+            result => return result,
+        }
     }
 }
 

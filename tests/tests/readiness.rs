@@ -1,7 +1,8 @@
 //! Readiness from a standard sd_notify client: `systemd-notify --ready` (Debian's `systemd`
 //! package) run by the worker's shell, as root and as another user. As root it sends its
 //! parent's pid and then a `BARRIER=1` carrying a descriptor; as another user it can only send
-//! its own pid, a process in the worker's process group.
+//! its own pid, a process in the worker's process group. And 64 demo workers started at once
+//! all report ready, though the readiness socket's queue holds 10 datagrams at a time.
 
 use std::{os::unix::process::CommandExt as _, path::Path};
 
@@ -131,4 +132,22 @@ fn a_truncated_notification_closes_its_descriptors_and_names_its_sender() {
     assert!(held <= 20, "the supervisor holds {held} descriptors");
     let counts = tally(cluster.addr(), "/", 5, 1);
     assert_eq!(counts.values().sum::<u64>(), 5);
+}
+
+/// 64 workers start at once and all send READY=1 to one datagram socket, whose receive queue
+/// holds `net.unix.max_dgram_qlen` (10 by default) at a time: those that find it full try again,
+/// so every one serves on its first start, none killed for missing its deadline.
+#[test]
+fn sixty_four_workers_starting_at_once_all_report_ready() {
+    require_root();
+    let cluster = Cluster::start(&["--workers", "64", "--ready-timeout", "60"]);
+    let status = cluster.status();
+    assert_eq!(status["serving"], 64, "{status}");
+    let rows = status["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 64, "{status}");
+    for row in rows {
+        assert_eq!(row["restarts"], 0, "a worker was restarted: {row}");
+    }
+    let (exit, log) = cluster.stop();
+    assert!(exit.success(), "{log}");
 }

@@ -289,7 +289,8 @@ impl SteeringProgram {
     /// Whether queued connections of a closing socket are moved by this program.
     #[must_use]
     pub fn migrates(&self) -> bool {
-        self.program_name == PROGRAM_MIGRATE
+        // Every program but the plain selector is loaded as `sk_reuseport/migrate`.
+        self.program_name != PROGRAM_SELECT
     }
 
     /// Attaches the program to the reuseport group of `socket`, which must be listening: the
@@ -562,7 +563,7 @@ fn load_program(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<&'static str,
             .map_err(|e| other("looking up the steering program", &e))?;
         match program.load() {
             Ok(()) => {
-                if name != PROGRAM_MIGRATE {
+                if name == PROGRAM_SELECT {
                     tracing::warn!(
                         "kernel has no SK_REUSEPORT migration (Linux < 5.14): connections queued on a worker that exits are reset"
                     );

@@ -99,7 +99,7 @@ async fn serve(listener: StdListener, identity: Identity) -> Result<(), WorkerEr
     let mut channel = channel::Channel::take().map_err(io_error("opening the message channel"))?;
     let mut connections = JoinSet::new();
     // The socket is registered and the loop below is about to accept: tell the supervisor.
-    if let Err(err) = notify::notify_ready() {
+    if let Err(err) = notify::notify_ready().await {
         warn!(slot = identity.slot, error = %err, "could not report readiness to the supervisor");
     }
     debug!(slot = identity.slot, pid = identity.pid, "worker serving");
