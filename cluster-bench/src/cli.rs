@@ -116,12 +116,7 @@ impl Cli {
                 vec![Scenario::Light],
                 &Scenario::ALL,
             ),
-            lifecycle: pick(
-                quick,
-                self.lifecycle.as_ref(),
-                Vec::new(),
-                &[Lifecycle::Reload, Lifecycle::Kill],
-            ),
+            lifecycle: pick(quick, self.lifecycle.as_ref(), Vec::new(), &Lifecycle::ALL),
             cost_only: self.cost_only,
             cost_workers: if self.no_cost {
                 Vec::new()
@@ -211,6 +206,9 @@ mod tests {
             (full.modes.len(), full.rounds, full.scenarios.len()),
             (6, 3, 3)
         );
+        assert_eq!(full.lifecycle, Lifecycle::ALL);
+        let lifecycle = plan(&["--quick", "--lifecycle", "stuck,scale"]).unwrap();
+        assert_eq!(lifecycle.lifecycle, [Lifecycle::Stuck, Lifecycle::Scale]);
         let chosen = plan(&["--quick", "--modes", "hash,least-conn", "--rounds", "2"]).unwrap();
         assert_eq!(chosen.modes, [Mode::Hash, Mode::LeastConn]);
         assert_eq!(chosen.rounds, 2);

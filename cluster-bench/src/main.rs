@@ -9,6 +9,7 @@ mod cli;
 mod cpu;
 mod decision_cost;
 mod lifecycle;
+mod lifecycle_report;
 mod matrix;
 mod peer;
 mod plots;
@@ -18,8 +19,10 @@ mod report;
 mod results;
 mod run;
 mod stats;
+mod stuck;
 mod system;
 mod targets;
+mod traces;
 
 use std::{
     collections::BTreeMap,
@@ -275,5 +278,6 @@ fn write_outputs(bench: &Bench, dir: &Path) -> Result<()> {
     write("bench.json", &(json + "\n"))?;
     write("bench-report.md", &report::markdown(bench))?;
     plots::write(bench, dir)?;
-    peer::plot::write(&bench.peer, dir)
+    peer::plot::write(&bench.peer, dir)?;
+    traces::write(bench, dir)
 }

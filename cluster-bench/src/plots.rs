@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Width of a plot, and height of one panel.
-const WIDTH: u32 = 900;
+pub(crate) const WIDTH: u32 = 900;
 const PANEL_HEIGHT: u32 = 260;
 /// The percentiles drawn, with their colours.
 const PERCENTILES: [(&str, RGBColor); 4] = [
@@ -178,14 +178,20 @@ fn percentiles(area: &Area<'_>, name: &str, cases: &[&CaseResult]) -> Result<()>
             )
             .map_err(plot_error)?;
     }
+    legend(&mut chart)
+}
+
+/// The legend of the labelled series, in the upper right corner.
+pub(crate) fn legend<'a, 'b: 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+) -> Result<()> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .position(SeriesLabelPosition::UpperRight)
         .draw()
-        .map_err(plot_error)?;
-    Ok(())
+        .map_err(plot_error)
 }
 
 /// One panel: `labels` along x, 0 to a little over `top` along y.
@@ -227,7 +233,7 @@ fn segment_label(x: &SegmentValue<usize>, labels: &[String]) -> String {
     }
 }
 
-fn plot_error(err: impl std::error::Error + Send + Sync) -> anyhow::Error {
+pub(crate) fn plot_error(err: impl std::error::Error + Send + Sync) -> anyhow::Error {
     anyhow!("{err}")
 }
 

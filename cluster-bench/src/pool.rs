@@ -72,8 +72,8 @@ pub struct PoolTicks {
 
 impl Pool {
     /// Starts `cluster run` with `workers` demo workers steered by `steering` on a free port,
-    /// restricted to `cpus` (`None`: anywhere), with `extra` options, and waits until every
-    /// slot serves.
+    /// restricted to `cpus` (`None`: anywhere), with `extra` options (a `--hang-timeout` among
+    /// them replaces the one the bench gives `hash`), and waits until every slot serves.
     pub fn start(
         binary: &Path,
         steering: &str,
@@ -100,7 +100,7 @@ impl Pool {
             .args(["run", "--listen", &addr.to_string(), "--steering", steering])
             .args(["--workers", &workers.to_string()])
             .args(extra);
-        if steering == "hash" {
+        if steering == "hash" && !extra.contains(&"--hang-timeout") {
             // The OS baseline: under hash the health check would load the connection counter,
             // a BPF program on every TCP state change; without it hash runs no BPF at all.
             command.args(["--hang-timeout", "0"]);

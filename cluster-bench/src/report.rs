@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    peer,
+    lifecycle_report, peer,
     results::{Bench, Summary},
     stats::Spread,
     targets::Verdict,
@@ -79,27 +79,7 @@ pub fn markdown(bench: &Bench) -> String {
             );
         }
     }
-    if !bench.lifecycle.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n## Lifecycle scenarios (light handler, one run each)\n\n\
-             | scenario | pattern | mode | reloads or kills | failed / total | idle closed |\n\
-             |---|---|---|---|---|---|"
-        );
-        for l in &bench.lifecycle {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} / {} | {} |",
-                l.scenario.name(),
-                l.pattern,
-                l.mode,
-                l.disturbances,
-                l.failed,
-                l.requests,
-                l.idle_closed
-            );
-        }
-    }
+    out.push_str(&lifecycle_report::markdown(bench));
     if !bench.decision_cost.is_empty() {
         let _ = writeln!(
             out,
@@ -152,6 +132,7 @@ pub fn terminal(bench: &Bench) -> String {
             &c.summary,
         );
     }
+    out.push_str(&lifecycle_report::terminal(bench));
     for c in &bench.decision_cost {
         let _ = writeln!(
             out,

@@ -8,8 +8,8 @@ use cluster_load::{Config, LatencySummary, PathMix, Target};
 
 use crate::{
     cpu::{self, Placement},
-    lifecycle::{self, Lifecycle, LifecycleRun},
-    matrix::{Iterations, Mode, Pattern, Step},
+    lifecycle::{self, Clock, Lifecycle, LifecycleRun},
+    matrix::{Iterations, Mode, Pattern, Scenario, Step},
     pool::{Pool, PoolTicks},
     progress::Progress,
     results::{Calibration, CpuSeconds, Run},
@@ -107,8 +107,8 @@ impl Runner<'_> {
         })
     }
 
-    /// Runs lifecycle `scenario` on a pool in `mode`: the light handler under load while the
-    /// pool is disturbed.
+    /// Runs lifecycle `scenario` on a pool in `mode`: the light handler under load, recorded
+    /// as a time series, while the pool is disturbed.
     pub fn lifecycle(
         &self,
         scenario: Lifecycle,
@@ -117,26 +117,38 @@ impl Runner<'_> {
     ) -> Result<LifecycleRun> {
         let what = format!("{} {pattern} {mode}", scenario.name());
         self.progress.start_run(&what);
-        let pool = self.pool(mode.steering(), mode.workers(self.workers))?;
-        let mut config = Config::new(Target::from_addr(pool.addr));
-        config.concurrency = self.concurrency;
-        config.duration = self.duration;
-        config.mode = pattern.connection_mode();
+        let options = scenario.pool_options();
+        let pool = self.pool_with(mode.steering(), mode.workers(self.workers), options)?;
+        let mut config =
+            self.load_config(pool.addr, &Scenario::Light.mix(&self.iterations), pattern)?;
         config.spread_sources = mode.spread_sources();
-        let (report, disturbances) = std::thread::scope(|scope| {
-            let disturber = scope.spawn(|| lifecycle::disturb(&pool, scenario, self.duration));
+        config.timeout = scenario.request_timeout();
+        config.timeline = Some(lifecycle::timeline_bucket(self.duration));
+        let timeout_seconds = config.timeout.as_secs_f64();
+        // Started outside the runtime's loop, so the disturbing thread shares its clock; its
+        // clients run once `block_on` drives the runtime.
+        let running = {
+            let _runtime = self.runtime.enter();
+            cluster_load::start(config)?
+        };
+        let clock = Clock {
+            started: running.started(),
+            duration: self.duration,
+        };
+        let live = running.live();
+        let (report, disturbed) = std::thread::scope(|scope| {
+            let disturber = scope.spawn(|| lifecycle::disturb(&pool, scenario, clock, &live));
             let report = self.runtime.block_on(async {
-                let running = cluster_load::start(config)?;
                 let follow =
                     tokio::spawn(self.progress.clone().follow(what.clone(), running.live()));
                 let report = running.finish().await;
                 follow.abort();
                 report
             });
-            let disturbances = disturber
+            let disturbed = disturber
                 .join()
                 .map_err(|_| anyhow::anyhow!("the disturbing thread panicked"))?;
-            anyhow::Ok((report?, disturbances?))
+            anyhow::Ok((report?, disturbed?))
         })?;
         pool.stop()?;
         self.progress.run_done();
@@ -144,11 +156,15 @@ impl Runner<'_> {
             scenario,
             mode,
             pattern,
-            disturbances,
+            pool_options: options.iter().map(|o| (*o).to_owned()).collect(),
+            timeout_seconds,
+            disturbances: disturbed.made,
             requests: report.requests,
             failed: report.failed,
             idle_closed: report.errors.idle_closed,
             errors: report.errors,
+            events: disturbed.events,
+            timeline: report.timeline.unwrap_or_default(),
         })
     }
 

@@ -257,6 +257,18 @@ fn lifecycle(bench: &Bench, targets: &mut Vec<Target>) {
                     run.failed <= bound,
                 ));
             }
+            // The README (Scaling) has added slots join the program's selection once ready and
+            // removed ones leave it at once and drain, tested with no failed request.
+            Lifecycle::Scale if mode.in_kernel() => targets.push(Target::check(
+                format!(
+                    "scale to {} and back: 0 failed, {mode}, {pattern}",
+                    bench.settings.workers + 2
+                ),
+                format!("{} failed of {}", run.failed, run.requests),
+                run.failed == 0,
+            )),
+            // The README states no figure for these: reported, not judged.
+            Lifecycle::Stuck | Lifecycle::StuckHealthOff | Lifecycle::Scale => {}
         }
     }
 }

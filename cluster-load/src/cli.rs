@@ -35,6 +35,10 @@ pub struct Cli {
     /// Seconds one request may take, connecting included, before it counts as timed out
     #[arg(long, value_name = "S", default_value = "10", value_parser = parse_seconds)]
     pub timeout: Duration,
+    /// Also report the run in time buckets this many seconds wide, by the time each request was
+    /// sent: ok, failed, p50/p99/max latency per bucket (at most 1000 buckets)
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
+    pub timeline: Option<Duration>,
     /// The path requested instead of the URL's, e.g. /work?iterations=100000
     #[arg(long, value_name = "PATH", value_parser = PathMix::single)]
     pub path: Option<PathMix>,
@@ -75,6 +79,7 @@ impl Cli {
         };
         config.spread_sources = self.spread_sources;
         config.timeout = self.timeout;
+        config.timeline = self.timeline;
         config.validate()?;
         Ok(config)
     }
@@ -138,6 +143,8 @@ mod tests {
             "64",
             "--mix",
             "9:/a,1:/b",
+            "--timeline",
+            "0.05",
         ])
         .unwrap();
         let config = cli.config().unwrap();
@@ -147,11 +154,13 @@ mod tests {
         assert_eq!(config.mode, ConnectionMode::KeepAlive);
         assert_eq!(config.spread_sources, Some(64));
         assert_eq!(config.paths, PathMix::parse("9:/a,1:/b").unwrap());
+        assert_eq!(config.timeline, Some(Duration::from_millis(50)));
 
         let plain = parse(&["http://127.0.0.1:18097/work?iterations=5"]).unwrap();
         let config = plain.config().unwrap();
         assert_eq!(config.paths, PathMix::single("/work?iterations=5").unwrap());
         assert_eq!(config.mode, ConnectionMode::PerRequest);
+        assert_eq!(config.timeline, None);
     }
 
     #[test]
@@ -165,11 +174,17 @@ mod tests {
             &["http://127.0.0.1:18097/", "--mix", "1/a"],
             &["http://127.0.0.1:18097/", "--path", "a"],
             &["http://127.0.0.1:18097/", "--path", "/a", "--mix", "1:/b"],
+            &["http://127.0.0.1:18097/", "--timeline", "0"],
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
             assert_ne!(err.kind(), ErrorKind::DisplayHelp, "{args:?}");
         }
+        let too_fine = parse(&["http://127.0.0.1:18097/", "--timeline", "0.001"]).unwrap();
+        assert!(matches!(
+            too_fine.config(),
+            Err(ConfigError::TimelineBuckets { .. })
+        ));
         let far = parse(&["http://192.0.2.1/", "--spread-sources", "4"]).unwrap();
         assert!(matches!(
             far.config(),

@@ -1,11 +1,17 @@
 //! What a run does (target, paths, concurrency, duration, rate, connection pattern, source
-//! addresses, timeout), and the errors that say which part of it is wrong and how to fix it.
+//! addresses, timeout, an optional time series), and the errors that say which part of it is
+//! wrong and how to fix it.
 
 use std::{net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{mix::PathMix, sources::SourceSpread, target::Target};
+use crate::{
+    mix::PathMix,
+    sources::SourceSpread,
+    target::Target,
+    timeline::{MAX_TIMELINE_BUCKETS, bucket_count},
+};
 
 /// Most concurrent clients a run may have.
 pub const MAX_CONCURRENCY: usize = 100_000;
@@ -39,11 +45,14 @@ pub struct Config {
     pub spread_sources: Option<u32>,
     /// How long one request may take, connecting included, before it counts as timed out.
     pub timeout: Duration,
+    /// Record a [`crate::Timeline`] with buckets this wide (at most
+    /// [`MAX_TIMELINE_BUCKETS`] in the run). `None`: no time series.
+    pub timeline: Option<Duration>,
 }
 
 impl Config {
     /// The defaults: the target's own path, 8 clients, 10 s, closed loop, a new connection per
-    /// request, one source address, a 10 s timeout.
+    /// request, one source address, a 10 s timeout, no time series.
     #[must_use]
     pub fn new(target: Target) -> Self {
         let paths = PathMix::single_uri(&target.path);
@@ -56,6 +65,7 @@ impl Config {
             mode: ConnectionMode::PerRequest,
             spread_sources: None,
             timeout: Duration::from_secs(10),
+            timeline: None,
         }
     }
 
@@ -78,6 +88,19 @@ impl Config {
             && !(rate.is_finite() && rate > 0.0)
         {
             return Err(ConfigError::Rate(rate));
+        }
+        if let Some(bucket) = self.timeline {
+            if bucket.is_zero() {
+                return Err(ConfigError::TimelineBucket);
+            }
+            let buckets = bucket_count(self.duration, bucket);
+            if buckets > MAX_TIMELINE_BUCKETS {
+                return Err(ConfigError::TimelineBuckets {
+                    bucket: bucket.as_secs_f64(),
+                    duration: self.duration.as_secs_f64(),
+                    buckets,
+                });
+            }
         }
         self.source_spread()?;
         Ok(())
@@ -118,6 +141,18 @@ pub enum ConfigError {
     Duration,
     #[error("the timeout is zero: use a positive number of seconds")]
     Timeout,
+    #[error("the timeline bucket is zero: use a positive number of seconds (e.g. 0.25)")]
+    TimelineBucket,
+    #[error(
+        "a timeline of {bucket} s buckets over {duration} s has {buckets} buckets, more than \
+         {MAX_TIMELINE_BUCKETS}: use buckets of at least {min} s",
+        min = duration / MAX_TIMELINE_BUCKETS as f64
+    )]
+    TimelineBuckets {
+        bucket: f64,
+        duration: f64,
+        buckets: u64,
+    },
     #[error("rate {0} is not a positive number of requests per second")]
     Rate(f64),
     #[error(
@@ -156,6 +191,22 @@ mod tests {
         let mut no_timeout = config();
         no_timeout.timeout = Duration::ZERO;
         assert!(matches!(no_timeout.validate(), Err(ConfigError::Timeout)));
+        let mut flat_timeline = config();
+        flat_timeline.timeline = Some(Duration::ZERO);
+        assert!(matches!(
+            flat_timeline.validate(),
+            Err(ConfigError::TimelineBucket)
+        ));
+        let mut fine_timeline = config();
+        fine_timeline.timeline = Some(Duration::from_millis(10));
+        fine_timeline.validate().unwrap();
+        fine_timeline.timeline = Some(Duration::from_millis(9));
+        let err = fine_timeline.validate().unwrap_err();
+        assert!(
+            matches!(err, ConfigError::TimelineBuckets { buckets: 1112, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("at least 0.01 s"), "{err}");
         for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let mut bad = config();
             bad.rate = Some(rate);

@@ -22,6 +22,7 @@ use crate::{
     report::Report,
     sources::SourceSpread,
     stats::{LatencySummary, Share, latency_histogram},
+    timeline::{Recorder, Timeline},
 };
 
 /// Distinct failure descriptions kept for the report.
@@ -44,6 +45,8 @@ pub enum LoadError {
 pub struct Live {
     ok: AtomicU64,
     failed: AtomicU64,
+    /// The `x-worker-pid` of the latest successful answer that had one; 0 before any.
+    last_pid: AtomicU64,
 }
 
 impl Live {
@@ -57,6 +60,13 @@ impl Live {
     #[must_use]
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The `x-worker-pid` of the latest successful answer that had one: a worker the load
+    /// reaches.
+    #[must_use]
+    pub fn last_pid(&self) -> Option<u64> {
+        Some(self.last_pid.load(Ordering::Relaxed)).filter(|pid| *pid != 0)
     }
 }
 
@@ -94,6 +104,9 @@ pub fn start(config: Config) -> Result<Running, LoadError> {
         opened: AtomicU64::new(0),
         live: Arc::new(Live::default()),
         started,
+        timeline: config
+            .timeline
+            .map(|bucket| Recorder::new(bucket, config.duration)),
         config,
     });
     let clients = (0..plan.config.concurrency)
@@ -135,7 +148,8 @@ impl Running {
         for client in self.clients {
             total.merge(client.await?);
         }
-        Ok(total.into_report(&self.plan.config, self.plan.started.elapsed()))
+        let timeline = self.plan.timeline.as_ref().map(Recorder::timeline);
+        Ok(total.into_report(&self.plan.config, self.plan.started.elapsed(), timeline))
     }
 }
 
@@ -150,6 +164,8 @@ struct Plan {
     opened: AtomicU64,
     live: Arc<Live>,
     started: Instant,
+    /// The time series, if the config asks for one.
+    timeline: Option<Recorder>,
 }
 
 /// When requests are due.
@@ -217,9 +233,20 @@ impl Plan {
                     })
                 }
             };
-            let ok = tally.count(outcome, origin.elapsed());
+            let latency = origin.elapsed();
+            let pid = outcome.as_ref().ok().and_then(|answer| answer.pid);
+            let ok = tally.count(outcome, latency);
+            if let Some(timeline) = &self.timeline {
+                timeline.record(
+                    origin.saturating_duration_since(self.started),
+                    ok.then_some(latency),
+                );
+            }
             let counter = if ok { &self.live.ok } else { &self.live.failed };
             counter.fetch_add(1, Ordering::Relaxed);
+            if let (true, Some(pid)) = (ok, pid) {
+                self.live.last_pid.store(pid, Ordering::Relaxed);
+            }
         }
         tally
     }
@@ -345,7 +372,7 @@ impl Tally {
         self.connections += other.connections;
     }
 
-    fn into_report(self, config: &Config, elapsed: Duration) -> Report {
+    fn into_report(self, config: &Config, elapsed: Duration, timeline: Option<Timeline>) -> Report {
         let failed = self.errors.failed();
         let seconds = elapsed.as_secs_f64();
         #[expect(
@@ -378,6 +405,7 @@ impl Tally {
             failure_samples: self.failure_samples,
             by_slot: Share::of(self.slots, self.without_slot),
             by_pid: Share::of(self.pids, self.without_pid),
+            timeline,
         }
     }
 }

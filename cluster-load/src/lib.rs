@@ -7,7 +7,9 @@
 //! connection per request or keep connections alive, optionally from many source addresses in
 //! 127.0.0.0/8. The [`Report`] has requests per second, latency percentiles (HDR histogram),
 //! failed requests by [`ErrorClass`], kept-alive connections the server closed while idle, and
-//! how the answers were shared among the `x-worker-slot` and `x-worker-pid` header values.
+//! how the answers were shared among the `x-worker-slot` and `x-worker-pid` header values, and,
+//! when [`Config::timeline`] asks for it, a [`Timeline`]: the requests in time buckets with
+//! their failures and latency percentiles.
 //!
 //! ```no_run
 //! use cluster_load::{Config, ConnectionMode, Target};
@@ -32,6 +34,7 @@ mod report;
 mod sources;
 mod stats;
 mod target;
+mod timeline;
 
 pub use config::{Config, ConfigError, ConnectionMode, MAX_CONCURRENCY};
 pub use engine::{Live, LoadError, Running, run, start};
@@ -41,3 +44,4 @@ pub use report::Report;
 pub use sources::{MAX_SPREAD, SourceSpread};
 pub use stats::{LatencySummary, Share, latency_histogram};
 pub use target::Target;
+pub use timeline::{MAX_TIMELINE_BUCKETS, Timeline};

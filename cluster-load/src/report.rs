@@ -9,6 +9,7 @@ use crate::{
     errors::{ErrorClass, ErrorCounts},
     mix::PathMix,
     stats::{LatencySummary, Share},
+    timeline::Timeline,
 };
 
 /// Everything a run measured, and the settings it ran with.
@@ -47,6 +48,9 @@ pub struct Report {
     pub by_slot: Share,
     /// Successful answers per `x-worker-pid` value.
     pub by_pid: Share,
+    /// The requests in time buckets, when the config asked for them (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
 }
 
 impl Report {
@@ -130,8 +134,38 @@ impl Report {
             writeln!(out, "            e.g. {sample}")?;
         }
         write_share(out, "x-worker-slot", &self.by_slot, self.ok)?;
-        write_share(out, "x-worker-pid", &self.by_pid, self.ok)
+        write_share(out, "x-worker-pid", &self.by_pid, self.ok)?;
+        match &self.timeline {
+            Some(timeline) => write_timeline(out, timeline),
+            None => Ok(()),
+        }
     }
+}
+
+fn write_timeline(out: &mut impl io::Write, timeline: &Timeline) -> io::Result<()> {
+    writeln!(
+        out,
+        "timeline    every {} s, by the time each request was sent",
+        timeline.bucket_seconds
+    )?;
+    writeln!(
+        out,
+        "  {:>8} {:>9} {:>7} {:>10} {:>10} {:>10}",
+        "from s", "ok", "failed", "p50", "p99", "max"
+    )?;
+    for i in 0..timeline.len() {
+        writeln!(
+            out,
+            "  {:>8.2} {:>9} {:>7} {:>10} {:>10} {:>10}",
+            timeline.start_seconds(i),
+            timeline.ok[i],
+            timeline.failed[i],
+            ms(timeline.p50_us[i]),
+            ms(timeline.p99_us[i]),
+            ms(timeline.max_us[i]),
+        )?;
+    }
+    Ok(())
 }
 
 fn write_share(out: &mut impl io::Write, header: &str, share: &Share, ok: u64) -> io::Result<()> {

@@ -187,6 +187,21 @@ async fn answers_are_counted_with_their_workers() {
 }
 
 #[tokio::test]
+async fn the_live_counters_name_a_worker_that_answered() {
+    let server = serve(Behaviour::Answer).await;
+    let mut config = Config::new(Target::from_addr(server.addr));
+    config.rate = Some(50.0);
+    config.duration = Duration::from_millis(190);
+    let running = cluster_load::start(config).unwrap();
+    let live = running.live();
+    assert_eq!(live.last_pid(), None, "nothing answered yet");
+    let report = running.finish().await.unwrap();
+    assert_eq!((live.ok(), live.failed()), (REQUESTS, 0), "{report:#?}");
+    let pid = live.last_pid().expect("an answer named its pid");
+    assert!([1000, 1001].contains(&pid), "{pid}");
+}
+
+#[tokio::test]
 async fn keep_alive_uses_one_connection_per_client() {
     let server = serve(Behaviour::Answer).await;
     let report = run(server.addr, ConnectionMode::KeepAlive, TIMEOUT).await;
@@ -338,6 +353,45 @@ async fn a_mix_requests_only_its_paths() {
     );
 }
 
+/// A run of [`REQUESTS`] with a timeline of 100 ms buckets: requests due at 0 to 80 ms in the
+/// first, 100 to 180 ms in the second (a client late by up to 20 ms keeps each in its bucket).
+async fn run_with_timeline(addr: SocketAddr, timeout: Duration) -> Report {
+    let mut config = Config::new(Target::from_addr(addr));
+    config.concurrency = 2;
+    config.rate = Some(50.0);
+    config.duration = Duration::from_millis(190);
+    config.timeout = timeout;
+    config.timeline = Some(Duration::from_millis(100));
+    cluster_load::run(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_timeline_buckets_requests_by_when_they_were_sent() {
+    let server = serve(Behaviour::Answer).await;
+    let report = run_with_timeline(server.addr, TIMEOUT).await;
+    let timeline = report.timeline.expect("a timeline was asked for");
+    assert_eq!(timeline.bucket_seconds, 0.1);
+    assert_eq!(timeline.ok, [5, 5], "{timeline:?}");
+    assert_eq!(timeline.failed, [0, 0], "{timeline:?}");
+    for bucket in 0..2 {
+        let (p50, p99, max) = (
+            timeline.p50_us[bucket],
+            timeline.p99_us[bucket],
+            timeline.max_us[bucket],
+        );
+        assert!(0 < p50 && p50 <= p99 && p99 <= max, "{timeline:?}");
+        // Within the histograms' precision of the whole run's maximum.
+        assert!(max <= report.latency.max_us * 101 / 100, "{timeline:?}");
+    }
+
+    let silent = serve(Behaviour::Silent).await;
+    let report = run_with_timeline(silent.addr, Duration::from_millis(100)).await;
+    let timeline = report.timeline.unwrap();
+    assert_eq!(timeline.ok, [0, 0], "{timeline:?}");
+    assert_eq!(timeline.failed, [5, 5], "{timeline:?}");
+    assert_eq!(timeline.p99_us, [0, 0], "{timeline:?}");
+}
+
 #[tokio::test]
 async fn the_report_serializes_with_documented_fields() {
     let server = serve(Behaviour::Answer).await;
@@ -368,6 +422,7 @@ async fn the_report_serializes_with_documented_fields() {
     }
     assert_eq!(json["by_slot"]["counts"]["0"], 5, "{json}");
     assert_eq!(json["mode"], "per-request");
+    assert!(json.get("timeline").is_none(), "not asked for: {json}");
     let mut table = Vec::new();
     report.write_table(&mut table).unwrap();
     assert!(!table.is_empty());

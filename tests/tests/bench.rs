@@ -1,8 +1,9 @@
 //! `cargo xtask bench --quick` as a user runs it: two modes against the real pool, the Node
-//! peer beside them (Node's cluster and the Node app under the pool), and its outputs are whole:
-//! bench-report.md with its sections, bench.json with the shape the README documents, and SVG
-//! plots that parse as XML. Without `node` on PATH the peer is skipped, and bench.json says so.
-//! No figure is asserted: speed is never tested.
+//! peer beside them (Node's cluster and the Node app under the pool), the stuck-worker and scale
+//! lifecycle scenarios, and its outputs are whole: bench-report.md with its sections, bench.json
+//! with the shape the README documents (the lifecycle runs' events and time series included),
+//! and SVG plots, the latency traces among them, that parse as XML. Without `node` on PATH the
+//! peer is skipped, and bench.json says so. No figure is asserted: speed is never tested.
 
 use std::{
     fs,
@@ -112,7 +113,7 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
          `cargo xtask test` does with apt-get)"
     );
     let out = OutDir::new("test");
-    let (stdout, json) = quick_bench(&out, &[], None);
+    let (stdout, json) = quick_bench(&out, &["--lifecycle", "stuck,scale"], None);
     assert!(stdout.contains("placement: "), "{stdout}");
     assert_eq!(at(&json, "schema"), 1);
     for path in [
@@ -185,10 +186,7 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
             at(at(case, "summary"), path);
         }
     }
-    assert!(
-        at(&json, "lifecycle").as_array().unwrap().is_empty(),
-        "--quick runs no lifecycle scenario"
-    );
+    check_lifecycle(&json);
     // The decision cost: the floors and the in-kernel mode asked for, at --workers, with the
     // kernel's run stats read (decisions counted), whatever they cost.
     assert_eq!(at(&json, "settings.cost_workers"), &serde_json::json!([2]));
@@ -231,11 +229,28 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
     ] {
         assert!(report.contains(section), "no {section:?} in:\n{report}");
     }
+    for section in [
+        "## Lifecycle scenarios",
+        "| stuck | per-request | shared |",
+        "| scale | per-request | round-robin |",
+        "**stuck**: ",
+        "**scale**: ",
+    ] {
+        assert!(report.contains(section), "no {section:?} in:\n{report}");
+    }
+    for line in [
+        "stuck             per-request  shared",
+        "scale             per-request  round-robin",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
     for svg in [
         "throughput.svg",
         "latency.svg",
         "share.svg",
         "node-peer.svg",
+        "trace-stuck.svg",
+        "trace-scale.svg",
     ] {
         assert!(report.contains(&format!("]({svg})")), "{report}");
         assert_well_formed_svg(&out.0.join(svg));
@@ -342,4 +357,75 @@ fn without_node_the_peer_is_skipped_and_said_so() {
         report.contains("## Node peer: user-space, OS and in-kernel scheduling side by side"),
         "{report}"
     );
+}
+
+/// The lifecycle runs asked for, one per scenario and mode, with their documented fields, what
+/// was done to the pool, and a time series with a value per bucket.
+fn check_lifecycle(json: &Value) {
+    let runs = at(json, "lifecycle").as_array().unwrap();
+    let ran: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| {
+            (
+                at(r, "scenario").as_str().unwrap(),
+                at(r, "mode").as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            ("stuck", "shared"),
+            ("stuck", "round-robin"),
+            ("scale", "shared"),
+            ("scale", "round-robin")
+        ]
+    );
+    for run in runs {
+        for path in [
+            "pattern",
+            "pool_options",
+            "timeout_seconds",
+            "disturbances",
+            "requests",
+            "failed",
+            "idle_closed",
+            "errors.timeout",
+            "errors.reset",
+            "events",
+            "timeline.bucket_seconds",
+        ] {
+            at(run, path);
+        }
+        assert!(at(run, "requests").as_u64().unwrap() > 0, "{run:#}");
+        let timeline = at(run, "timeline");
+        let buckets = at(timeline, "ok").as_array().unwrap().len();
+        assert_eq!(buckets, 40, "a run is recorded in 40 buckets: {timeline:#}");
+        for list in ["failed", "p50_us", "p99_us", "max_us"] {
+            assert_eq!(
+                at(timeline, list).as_array().unwrap().len(),
+                buckets,
+                "{list}"
+            );
+        }
+        let events: Vec<&str> = at(run, "events")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                at(e, "at_seconds").as_f64().unwrap();
+                at(e, "until_seconds");
+                at(e, "what").as_str().unwrap()
+            })
+            .collect();
+        if at(run, "scenario") == "stuck" {
+            assert_eq!(at(run, "disturbances"), 1, "{run:#}");
+            assert_eq!(events.first(), Some(&"SIGSTOP"), "{run:#}");
+            assert_eq!(at(run, "timeout_seconds"), 2.0, "{run:#}");
+            assert_eq!(at(run, "pool_options.3"), "30", "{run:#}");
+        } else {
+            assert_eq!(at(run, "disturbances"), 2, "{run:#}");
+            assert_eq!(events, ["scale to 4", "scale to 2"], "{run:#}");
+        }
+    }
 }
