@@ -1,12 +1,13 @@
 //! The pool's life: workers own their sockets (the supervisor keeps no copy), SIGTERM and SIGINT
-//! stop everything, killing the supervisor leaves no orphan, `--workers max` counts the CPUs
+//! stop everything, killing the supervisor kills every worker (a COMMAND that a shell execs
+//! included; a process a worker forks is not, see the README's limit), `--workers max` counts the CPUs
 //! this process may use, and a worker that keeps crashing is restarted with growing delays.
 
 use std::{collections::BTreeSet, time::Duration};
 
 use cluster_tests::{
-    Cluster, all_gone, cluster_run, field, listening_sockets, on_one_cpu, ready_line, require_root,
-    socket_inodes,
+    Cluster, PYTHON_SERVER, all_gone, cluster_run, field, listening_sockets, on_one_cpu,
+    ready_line, require_root, socket_inodes,
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -83,13 +84,33 @@ fn sigint_stops_every_worker() {
 }
 
 #[test]
-fn killing_the_supervisor_leaves_no_orphans() {
+fn killing_the_supervisor_kills_every_worker() {
     let cluster = Cluster::start(&["--workers", "2", "--steering", "hash"]);
     let workers = worker_pids(&cluster, 2);
     kill(cluster.pid(), Signal::SIGKILL).unwrap();
     assert!(
         all_gone(&workers, Duration::from_secs(3)),
         "workers outlived their supervisor"
+    );
+}
+
+/// The README's way around the limit: `sh -c 'exec server'` makes the server the worker itself,
+/// so it dies with a SIGKILLed supervisor too, and nothing keeps the port.
+#[test]
+fn killing_the_supervisor_kills_a_server_a_shell_execs() {
+    let mut command = cluster_run(&["--workers", "2", "--steering", "hash"]);
+    command.args(["--", "sh", "-c", "exec python3 -c \"$0\"", PYTHON_SERVER]);
+    let cluster = Cluster::start_command(command);
+    let port = cluster.addr().port();
+    let workers = worker_pids(&cluster, 2);
+    kill(cluster.pid(), Signal::SIGKILL).unwrap();
+    assert!(
+        all_gone(&workers, Duration::from_secs(3)),
+        "the exec'd servers outlived their supervisor"
+    );
+    assert!(
+        listening_sockets().iter().all(|&(_, p)| p != port),
+        "something still listens on port {port}"
     );
 }
 

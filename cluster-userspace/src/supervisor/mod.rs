@@ -2,10 +2,11 @@
 //! they keep failing, until their slot gives up), logs what they print, and stops them all on
 //! SIGTERM, SIGINT or SIGQUIT.
 //!
-//! One event loop on one thread, joined by signals ([`signals`]), readiness notifications, the
-//! workers' exec statuses ([`exec_status`]) and timers (restarts, readiness deadlines); later
-//! inputs (a control socket) join the same `select!`, on one thread: PR_SET_PDEATHSIG fires
-//! when the *thread* that forked exits, so the forking thread must live as long as the pool. The
+//! One event loop on one thread, where every input meets: signals ([`signals`]), readiness
+//! notifications, the workers' exec statuses ([`exec_status`]), control requests (`requests`),
+//! accept-queue readings and memory checks (`checks`), and timers (restarts, readiness
+//! deadlines). One thread, because PR_SET_PDEATHSIG fires when the *thread* that forked exits,
+//! so the forking thread must live as long as the pool. The
 //! only other thread writes the log ([`crate::telemetry`]); it starts after the handled signals
 //! are blocked, so it never takes one, and a forked child makes only async-signal-safe calls
 //! before exec ([`spawn`]).
@@ -13,6 +14,7 @@
 pub mod accept_queues;
 pub mod backoff;
 pub mod channel;
+mod checks;
 pub mod effects;
 pub mod exec_status;
 pub mod gave_up;
@@ -22,10 +24,13 @@ pub mod output;
 pub mod parking;
 pub mod pool;
 pub mod probe;
+mod requests;
 pub mod signals;
 pub mod spawn;
 pub mod status;
 pub mod waiting;
+
+use checks::{log_guarantee, next_reading, watch_queues};
 
 use std::{io, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -476,197 +481,6 @@ impl Supervisor {
         }
     }
 
-    /// Acts on a control request; a reload or drain is answered when it ends.
-    fn control_request(&mut self, pending: Pending) {
-        let now = std::time::Instant::now();
-        info!(peer_pid = pending.peer_pid, request = ?pending.request, "control request");
-        match pending.request.clone() {
-            Request::Status => {
-                let status = self.status();
-                pending.answer(Answer {
-                    status: Some(status),
-                    ..Answer::ok()
-                });
-            }
-            Request::Reload | Request::Drain { .. } => {
-                // Outcomes of earlier reloads belong to their own requesters, never to this one.
-                self.answer_reload_waiters();
-                let slot = match pending.request {
-                    Request::Drain { slot } => Some(slot),
-                    _ => None,
-                };
-                match self.pool.reload(&mut self.fx, slot, now) {
-                    Ok(_) => self.reload_waiters.push(pending),
-                    Err(err) => pending.answer(Answer::error(err.to_string())),
-                }
-            }
-            Request::Stop => {
-                pending.answer(Answer::ok());
-                self.pool.stop(&mut self.fx, now);
-            }
-            Request::Scale { workers } => match self.pool.scale(&mut self.fx, workers, now) {
-                Ok(()) => pending.answer(Answer::ok()),
-                Err(err) => pending.answer(Answer::error(err.to_string())),
-            },
-            Request::Broadcast { message } => {
-                let pids: Vec<Pid> = self
-                    .pool
-                    .live_workers()
-                    .into_iter()
-                    .map(|(_, pid)| pid)
-                    .collect();
-                let delivered = self.fx.send_message(&pids, &message, true);
-                pending.answer(Answer {
-                    delivered: Some(delivered),
-                    ..Answer::ok()
-                });
-            }
-            Request::Send { slot, message } => {
-                let pids: Vec<Pid> = self
-                    .pool
-                    .live_workers()
-                    .into_iter()
-                    .filter(|(s, _)| *s == slot)
-                    .map(|(_, pid)| pid)
-                    .collect();
-                if pids.is_empty() {
-                    let last = self.pool.slot_count().saturating_sub(1);
-                    pending.answer(Answer::error(format!(
-                        "no worker in slot {slot} (the pool has slots 0 to {last})"
-                    )));
-                } else {
-                    let delivered = self.fx.send_message(&pids, &message, false);
-                    pending.answer(Answer {
-                        delivered: Some(delivered),
-                        ..Answer::ok()
-                    });
-                }
-            }
-        }
-    }
-
-    /// Replaces a serving worker whose resident memory stayed above `--max-memory`, by the
-    /// reload path (one at a time; the others wait for the next check).
-    fn check_memory(&mut self) {
-        let Some(limit) = &mut self.memory else {
-            return;
-        };
-        let serving: Vec<(u32, Pid, u64)> = (0..self.pool.slot_count())
-            .filter_map(|slot| {
-                let pid = self.pool.serving(slot)?;
-                Some((slot, pid, status::resident_bytes(pid)?))
-            })
-            .collect();
-        let max = limit.limit();
-        for (slot, pid, rss) in limit.check(&serving) {
-            if self.pool.reloading() || self.pool.stopping() {
-                return;
-            }
-            warn!(
-                slot,
-                pid = pid.as_raw(),
-                rss_bytes = rss,
-                max_memory = max,
-                "worker stays above --max-memory; replacing it"
-            );
-            if let Err(err) = self
-                .pool
-                .reload(&mut self.fx, Some(slot), std::time::Instant::now())
-            {
-                warn!(slot, error = %err, "could not replace the worker");
-            }
-        }
-    }
-
-    /// Judges each serving worker by its accept queue: a stalled one leaves the selection until
-    /// it accepts again, a hung one is killed (its queue migrates to the others, and the restart
-    /// path replaces it).
-    fn check_health(&mut self, lengths: &QueueLengths) {
-        let now = std::time::Instant::now();
-        let serving: Vec<(u32, Pid)> = (0..self.pool.slot_count())
-            .filter_map(|slot| self.pool.serving(slot).map(|pid| (slot, pid)))
-            .collect();
-        // A worker that left was taken out of the selection with its slot, held or not.
-        let serving_pids: std::collections::BTreeSet<Pid> =
-            serving.iter().map(|&(_, pid)| pid).collect();
-        self.health.retain(|pid| serving_pids.contains(&pid));
-        for (slot, pid) in serving {
-            let Some((inode, counters)) = self.fx.socket_of(pid) else {
-                continue;
-            };
-            let Some(&queued) = lengths.get(&inode) else {
-                continue;
-            };
-            let reading = Reading {
-                queued,
-                established: counters.connections,
-            };
-            match self.health.observe(pid, reading, now) {
-                Some(Verdict::Stalled { queued, waited }) => {
-                    self.fx.hold(slot, true);
-                    // Not skipped when every worker is stalled, nor where no program steers.
-                    let skipped = self.fx.steering.program().is_some_and(|p| p.skipped(slot));
-                    warn!(
-                        slot,
-                        pid = pid.as_raw(),
-                        queued,
-                        seconds = waited.as_secs_f64(),
-                        skipped,
-                        "worker stalled"
-                    );
-                }
-                Some(Verdict::Resumed { queued, waited }) => {
-                    info!(
-                        slot,
-                        pid = pid.as_raw(),
-                        queued,
-                        seconds = waited.as_secs_f64(),
-                        "worker resumed"
-                    );
-                    self.fx.hold(slot, false);
-                }
-                Some(Verdict::Hung { queued, waited }) => {
-                    error!(
-                        slot,
-                        pid = pid.as_raw(),
-                        queued,
-                        seconds = waited.as_secs_f64(),
-                        "worker hung; killed"
-                    );
-                    self.fx.signal(pid, Signal::SIGKILL);
-                }
-                None => {}
-            }
-        }
-    }
-
-    /// Answers the requests waiting for a reload that ended.
-    fn answer_reload_waiters(&mut self) {
-        for outcome in self.pool.take_outcomes() {
-            if outcome.failure.is_some() {
-                self.reloads.failed += 1;
-            } else {
-                self.reloads.finished += 1;
-            }
-            self.reloads.last = Some(ReloadEnd {
-                replaced: outcome.replaced,
-                error: outcome.failure.clone(),
-            });
-            for waiter in self.reload_waiters.drain(..) {
-                waiter.answer(match &outcome.failure {
-                    None => Answer {
-                        replaced: Some(outcome.replaced),
-                        ..Answer::ok()
-                    },
-                    Some(reason) => Answer {
-                        replaced: Some(outcome.replaced),
-                        ..Answer::error(format!("reload failed: {reason}"))
-                    },
-                });
-            }
-        }
-    }
-
     fn status(&self) -> crate::control::protocol::PoolStatus {
         status::snapshot(
             &self.pool,
@@ -778,64 +592,6 @@ impl Supervisor {
                 Err(err) => warn!(error = %err, "could not read the programs' stats"),
             }
         }
-    }
-}
-
-/// Logs, at start, what the steering mode promises for starting and closing sockets: where a
-/// program steers, a socket gets connections only once its worker is ready, and a closing
-/// socket's queue migrates (with a migrate-capable kernel); under `hash` a socket gets its share
-/// as soon as it listens and a closing one's queue migrates only with `tcp_migrate_req`; under
-/// `shared` the one socket outlives every worker.
-fn log_guarantee(options: &Options, fx: &SystemEffects) {
-    let steering = options.mode;
-    if let Some(program) = fx.steering.program() {
-        let migrate = program.migrates();
-        info!(%steering, migrate, "a socket gets connections only once its worker is ready; what is queued on a closing socket migrates to the serving workers (reset instead where the kernel cannot migrate: migrate=false)");
-    } else if steering == SteeringMode::Shared {
-        info!(%steering, "one listening socket, held by the supervisor, for every worker: a worker's exit or reload leaves what is queued to the others");
-    } else {
-        let migrate_req = tcp_migrate_req();
-        info!(%steering, migrate_req, "no program: a socket takes its hash share as soon as it listens, before its worker is ready; what is queued on a closing socket is reset unless net.ipv4.tcp_migrate_req=1");
-    }
-}
-
-/// `net.ipv4.tcp_migrate_req` of this network namespace; `false` when it cannot be read.
-fn tcp_migrate_req() -> bool {
-    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1")
-}
-
-/// Starts reading the accept queues where stalls can be seen: with a program or the counter
-/// alone (`hash`), which count each socket's connections. Logs why not otherwise, and what a
-/// hang kill means under `hash`.
-fn watch_queues(options: &Options, fx: &SystemEffects) -> Option<mpsc::Receiver<QueueLengths>> {
-    match fx.steering.counter() {
-        Some(counter) if !counter.policy().is_floor() => {}
-        _ => {
-            info!(steering = %options.mode,
-                  "stall and hang detection is off: it needs the per-socket connection counter (round-robin, sticky, least-conn, or hash with BPF allowed)");
-            return None;
-        }
-    }
-    if fx.steering.program().is_none() {
-        info!(
-            migrate_req = tcp_migrate_req(),
-            "--steering hash: a stalled worker keeps its hash share (no program to skip it); a hung one is killed, and what was queued on it is reset unless net.ipv4.tcp_migrate_req=1"
-        );
-    }
-    match AcceptQueues::open(options.addr.port()) {
-        Ok(queues) => Some(accept_queues::watch(queues, health::CHECK_EVERY)),
-        Err(err) => {
-            warn!(error = %err, "stall and hang detection is off");
-            None
-        }
-    }
-}
-
-/// The next accept-queue reading; never, when there are none.
-async fn next_reading(readings: &mut Option<mpsc::Receiver<QueueLengths>>) -> Option<QueueLengths> {
-    match readings {
-        Some(readings) => readings.recv().await,
-        None => std::future::pending().await,
     }
 }
 
