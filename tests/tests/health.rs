@@ -246,21 +246,27 @@ fn a_stalled_worker_gets_no_connection_until_it_resumes_least_conn() {
     stalled_then_resumed("least-conn");
 }
 
+/// 4 workers steered by `mode`, stalled after 0.25 s without an accept and killed as hung 5 s
+/// later, in `ns`.
+fn hang_checked_pool(ns: &NetNs, mode: &str) -> Cluster {
+    ns.start_cluster(&[
+        "--workers",
+        "4",
+        "--steering",
+        mode,
+        "--stall-after",
+        STALL_AFTER,
+        "--hang-timeout",
+        "5",
+    ])
+}
+
 /// With `--hang-timeout 5`, the stopped worker is killed and replaced; every client that waited
 /// on it is served (its queue migrates), and none fails: it had accepted nothing.
 fn hung_is_killed(mode: &str) {
     require_root();
     NetNs::isolated(|ns| {
-        let cluster = ns.start_cluster(&[
-            "--workers",
-            "4",
-            "--steering",
-            mode,
-            "--stall-after",
-            STALL_AFTER,
-            "--hang-timeout",
-            "5",
-        ]);
+        let cluster = hang_checked_pool(ns, mode);
         let stalled = stall_one(&cluster);
         let queued = stalled.row["queued"].as_u64().expect("queued");
         let replacement = wait_for(&cluster, "a replacement in slot 1", |status| {
@@ -326,16 +332,7 @@ fn under_hash_a_hung_worker_is_killed_and_with_migrate_req_its_queue_served() {
     require_root();
     NetNs::isolated(|ns| {
         ns.sysctl("net.ipv4.tcp_migrate_req", "1");
-        let cluster = ns.start_cluster(&[
-            "--workers",
-            "4",
-            "--steering",
-            "hash",
-            "--stall-after",
-            STALL_AFTER,
-            "--hang-timeout",
-            "5",
-        ]);
+        let cluster = hang_checked_pool(ns, "hash");
         let pid = pid_of(&cluster.status(), STUCK_SLOT).expect("slot 1 serves");
         kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP the worker");
         // The kernel's hash picks the socket: send waiting clients until some wait on it.
@@ -389,16 +386,7 @@ fn under_hash_a_hung_worker_is_killed_and_with_migrate_req_its_queue_served() {
 fn stopped_under_load(mode: &str) {
     require_root();
     NetNs::isolated(|ns| {
-        let cluster = ns.start_cluster(&[
-            "--workers",
-            "4",
-            "--steering",
-            mode,
-            "--stall-after",
-            STALL_AFTER,
-            "--hang-timeout",
-            "5",
-        ]);
+        let cluster = hang_checked_pool(ns, mode);
         let load = Load::start(cluster.addr(), "/", 4, Reuse::NewConnection);
         assert!(load.wait_for_answers(200, PATIENCE), "{}", cluster.log());
         // The worker that answers the load's address (the only one, for sticky).

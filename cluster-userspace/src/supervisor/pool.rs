@@ -1326,18 +1326,24 @@ mod tests {
         assert_eq!(pool.serving(0), Some(pid(1)), "the old worker serves on");
     }
 
-    #[test]
-    fn a_late_worker_is_killed_restarted_with_backoff_and_its_ready_ignored() {
+    /// A one-slot pool whose worker misses its readiness deadline: it is killed, a report of
+    /// readiness that comes after (`too_late`) changes nothing, and it exits. Returns the pool,
+    /// its effects and the moment of the kill.
+    fn killed_at_the_ready_timeout(
+        readiness: Readiness,
+        drain: DrainStyle,
+        too_late: impl FnOnce(&mut Pool, &mut Fake, Instant),
+    ) -> (Pool, Fake, Instant) {
         let t0 = Instant::now();
         let mut fx = Fake::default();
-        let mut pool = Pool::new(config(notified(), DrainStyle::SignalAtOnce), 1, t0);
+        let mut pool = Pool::new(config(readiness, drain), 1, t0);
         pool.start_all(&mut fx, t0).unwrap();
         fx.take();
         let late = t0 + READY_TIMEOUT;
         pool.tick(&mut fx, late);
         assert_eq!(fx.take(), [Call::Signal(pid(1), Signal::SIGKILL)]);
-        pool.notified_ready(&mut fx, pid(1).as_raw(), None, late);
-        assert!(fx.take().is_empty(), "READY=1 after the kill is ignored");
+        too_late(&mut pool, &mut fx, late);
+        assert!(fx.take().is_empty(), "a report after the kill is ignored");
         pool.exited(
             &mut fx,
             pid(1),
@@ -1345,6 +1351,15 @@ mod tests {
             late,
         );
         assert_eq!(fx.take(), [Call::Forget(pid(1))]);
+        (pool, fx, late)
+    }
+
+    #[test]
+    fn a_late_worker_is_killed_restarted_with_backoff_and_its_ready_ignored() {
+        let (mut pool, mut fx, late) =
+            killed_at_the_ready_timeout(notified(), DrainStyle::SignalAtOnce, |pool, fx, late| {
+                pool.notified_ready(fx, pid(1).as_raw(), None, late)
+            });
         let first_delay = RestartPolicy::default().first_delay;
         assert_eq!(pool.next_deadline(late), Some(late + first_delay));
         pool.tick(&mut fx, late + first_delay);
@@ -1580,24 +1595,11 @@ mod tests {
 
     #[test]
     fn a_probed_command_that_never_accepts_is_killed_at_its_timeout_and_restarted() {
-        let t0 = Instant::now();
-        let mut fx = Fake::default();
-        let mut pool = Pool::new(config(probed(), DrainStyle::WhenDrained), 1, t0);
-        pool.start_all(&mut fx, t0).unwrap();
-        fx.take();
-        let late = t0 + READY_TIMEOUT;
-        pool.tick(&mut fx, late);
-        assert_eq!(fx.take(), [Call::Signal(pid(1), Signal::SIGKILL)]);
-        // Accepting after that is too late: it was killed.
-        pool.accepted(&mut fx, pid(1), late);
-        assert!(fx.take().is_empty());
-        pool.exited(
-            &mut fx,
-            pid(1),
-            WaitStatus::Signaled(pid(1), Signal::SIGKILL, false),
-            late,
-        );
-        assert_eq!(fx.take(), [Call::Forget(pid(1))]);
+        // Accepting after the kill is too late.
+        let (mut pool, mut fx, late) =
+            killed_at_the_ready_timeout(probed(), DrainStyle::WhenDrained, |pool, fx, late| {
+                pool.accepted(fx, pid(1), late);
+            });
         let restart = pool.next_deadline(late).expect("a restart");
         pool.tick(&mut fx, restart);
         assert_eq!(fx.take(), [Call::Start(0, pid(2)), Call::Probe(0, pid(2))]);
