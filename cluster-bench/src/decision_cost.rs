@@ -11,10 +11,14 @@
 use std::fmt;
 
 use anyhow::{Context as _, Result, bail};
-use cluster_load::{Config, ConnectionMode, PathMix, Target};
 use serde::Serialize;
 
-use crate::{matrix::Mode, pool::ProgramStats, run::Runner, stats::Spread};
+use crate::{
+    matrix::{Mode, Pattern, Scenario},
+    pool::ProgramStats,
+    run::Runner,
+    stats::Spread,
+};
 
 /// The connection counter's program name, as `status --json` gives it.
 const COUNTER: &str = "count_connections";
@@ -111,20 +115,16 @@ impl Runner<'_> {
         let pool = self
             .pool_with(mode.steering(), workers, &["--bpf-stats"])
             .with_context(|| format!("a {mode} pool of {workers} with --bpf-stats"))?;
-        let mut config = Config::new(Target::from_addr(pool.addr));
-        config.paths = PathMix::single("/")?;
-        config.concurrency = self.concurrency;
-        config.duration = self.duration;
-        config.mode = ConnectionMode::PerRequest;
+        let mut config = self.load_config(
+            pool.addr,
+            &Scenario::Light.mix(&self.iterations),
+            Pattern::PerRequest,
+        )?;
         config.spread_sources = mode.spread_sources();
         let before = pool.status()?.programs;
-        let report = self.runtime.block_on(async {
-            let running = cluster_load::start(config)?;
-            let follow = tokio::spawn(self.progress.clone().follow(what.clone(), running.live()));
-            let report = running.finish().await;
-            follow.abort();
-            report
-        })?;
+        let report = self
+            .runtime
+            .block_on(async { self.follow(&what, cluster_load::start(config)?).await })?;
         let after = pool.status()?.programs;
         pool.stop()?;
         self.progress.run_done();

@@ -73,17 +73,9 @@ impl Runner<'_> {
     ) -> Result<Run> {
         let pool_before = ticks()?;
         let generator_before = cpu::ticks("self")?;
-        let report = self.runtime.block_on(async {
-            let running = cluster_load::start(config)?;
-            let follow = tokio::spawn(
-                self.progress
-                    .clone()
-                    .follow(what.to_owned(), running.live()),
-            );
-            let report = running.finish().await;
-            follow.abort();
-            report
-        })?;
+        let report = self
+            .runtime
+            .block_on(async { self.follow(what, cluster_load::start(config)?).await })?;
         let generator_after = cpu::ticks("self")?;
         let pool_after = ticks()?;
 
@@ -105,6 +97,22 @@ impl Runner<'_> {
                 generator: seconds(generator_after.own.saturating_sub(generator_before.own)),
             },
         })
+    }
+
+    /// Waits for `running` to finish while the progress display follows it as `what`.
+    pub async fn follow(
+        &self,
+        what: &str,
+        running: cluster_load::Running,
+    ) -> Result<cluster_load::Report, cluster_load::LoadError> {
+        let follow = tokio::spawn(
+            self.progress
+                .clone()
+                .follow(what.to_owned(), running.live()),
+        );
+        let report = running.finish().await;
+        follow.abort();
+        report
     }
 
     /// Runs lifecycle `scenario` on a pool in `mode`: the light handler under load, recorded
@@ -138,13 +146,7 @@ impl Runner<'_> {
         let live = running.live();
         let (report, disturbed) = std::thread::scope(|scope| {
             let disturber = scope.spawn(|| lifecycle::disturb(&pool, scenario, clock, &live));
-            let report = self.runtime.block_on(async {
-                let follow =
-                    tokio::spawn(self.progress.clone().follow(what.clone(), running.live()));
-                let report = running.finish().await;
-                follow.abort();
-                report
-            });
+            let report = self.runtime.block_on(self.follow(&what, running));
             let disturbed = disturber
                 .join()
                 .map_err(|_| anyhow::anyhow!("the disturbing thread panicked"))?;

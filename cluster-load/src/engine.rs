@@ -21,7 +21,7 @@ use crate::{
     errors::{ErrorClass, ErrorCounts, Failure},
     report::Report,
     sources::SourceSpread,
-    stats::{LatencySummary, Share, latency_histogram},
+    stats::{self, LatencySummary, Share, latency_histogram},
     timeline::{Recorder, Timeline},
 };
 
@@ -328,8 +328,7 @@ impl Tally {
         match outcome {
             Ok(answer) if (200..300).contains(&answer.status) => {
                 self.ok += 1;
-                let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-                self.latency.saturating_record(micros.max(1));
+                stats::record_latency(&mut self.latency, latency);
                 count_header(&mut self.slots, &mut self.without_slot, answer.slot);
                 count_header(&mut self.pids, &mut self.without_pid, answer.pid);
                 true

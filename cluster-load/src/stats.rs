@@ -15,8 +15,19 @@ const SIGNIFICANT_DIGITS: u8 = 3;
 /// A latency histogram in microseconds, 1 µs to one hour at 3 significant digits.
 #[must_use]
 pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, HIGHEST_MICROS, SIGNIFICANT_DIGITS)
+    latency_histogram_with(SIGNIFICANT_DIGITS)
+}
+
+/// A latency histogram in microseconds, 1 µs to one hour, at `digits` significant digits.
+pub(crate) fn latency_histogram_with(digits: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIGHEST_MICROS, digits)
         .expect("constant histogram bounds are valid")
+}
+
+/// Records `latency` in `histogram` in whole microseconds (at least 1; past an hour as an hour).
+pub(crate) fn record_latency(histogram: &mut Histogram<u64>, latency: std::time::Duration) {
+    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    histogram.saturating_record(micros.max(1));
 }
 
 /// Latency percentiles of the successful requests, in microseconds.

@@ -11,10 +11,10 @@ use std::{
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::stats;
+
 /// Most buckets a run may have: each holds a histogram of about 26 KiB.
 pub const MAX_TIMELINE_BUCKETS: u64 = 1000;
-/// Largest latency a bucket's histogram records exactly enough: one hour, in microseconds.
-const HIGHEST_MICROS: u64 = 3_600_000_000;
 /// Significant digits of a bucket's histogram: within 1%, enough to draw, at about a seventh of
 /// the size of the whole run's 3-digit histogram.
 const SIGNIFICANT_DIGITS: u8 = 2;
@@ -84,8 +84,7 @@ impl Recorder {
         let count = usize::try_from(bucket_count(duration, bucket)).unwrap_or(usize::MAX);
         let buckets = (0..count)
             .map(|_| Bucket {
-                latency: Histogram::new_with_bounds(1, HIGHEST_MICROS, SIGNIFICANT_DIGITS)
-                    .expect("constant histogram bounds are valid"),
+                latency: stats::latency_histogram_with(SIGNIFICANT_DIGITS),
                 failed: 0,
             })
             .collect();
@@ -105,10 +104,7 @@ impl Recorder {
             return;
         };
         match latency {
-            Some(latency) => {
-                let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-                bucket.latency.saturating_record(micros.max(1));
-            }
+            Some(latency) => stats::record_latency(&mut bucket.latency, latency),
             None => bucket.failed += 1,
         }
     }
