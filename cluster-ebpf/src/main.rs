@@ -350,8 +350,8 @@ fn open_at(position: u32) -> u64 {
 
 /// Sticky: the address hash's bucket names a slot; if that slot has no socket, or is held out of
 /// the selection (its worker stopped accepting), a second hash picks a live position to probe
-/// from, so only that slot's clients move, and they come back when it serves again. A held flag
-/// that cannot be read counts as not held.
+/// from, so only that slot's clients move, and they come back when it serves again. (User space
+/// holds a slot out by pointing its buckets at `MAX_SLOTS`, which no socket occupies.)
 #[inline(always)]
 fn select_sticky(ctx: &SkReuseportContext, hash: u32, live_count: u32, kind: Kind) -> u32 {
     if let Some(&slot) = STICKY.get(sticky_bucket(hash))

@@ -237,8 +237,10 @@ impl Plan {
             let pid = outcome.as_ref().ok().and_then(|answer| answer.pid);
             let ok = tally.count(outcome, latency);
             if let Some(timeline) = &self.timeline {
+                // Bucketed by when it was due (in closed loop, when it was sent), so that the
+                // timer's lag cannot move a request into the next bucket.
                 timeline.record(
-                    origin.saturating_duration_since(self.started),
+                    due.saturating_duration_since(self.started),
                     ok.then_some(latency),
                 );
             }

@@ -19,8 +19,8 @@ pub const MAX_TIMELINE_BUCKETS: u64 = 1000;
 /// the size of the whole run's 3-digit histogram.
 const SIGNIFICANT_DIGITS: u8 = 2;
 
-/// A run's requests bucketed by the time each was sent (in open loop, the time it was due if
-/// every client was busy then): bucket `i` holds those sent from `i × bucket_seconds` to
+/// A run's requests bucketed by the time each was sent (in open loop, the time it was due,
+/// whether or not a client was free then): bucket `i` holds those sent from `i × bucket_seconds` to
 /// `(i + 1) × bucket_seconds` after the start. Every list has one value per bucket, so the
 /// JSON stays small; latencies are those of the bucket's successful requests, 0 where it had
 /// none.

@@ -354,7 +354,7 @@ async fn a_mix_requests_only_its_paths() {
 }
 
 /// A run of [`REQUESTS`] with a timeline of 100 ms buckets: requests due at 0 to 80 ms in the
-/// first, 100 to 180 ms in the second (a client late by up to 20 ms keeps each in its bucket).
+/// first, 100 to 180 ms in the second (each counted by when it was due, however late its client).
 async fn run_with_timeline(addr: SocketAddr, timeout: Duration) -> Report {
     let mut config = Config::new(Target::from_addr(addr));
     config.concurrency = 2;

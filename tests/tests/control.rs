@@ -115,12 +115,30 @@ fn status_json_carries_the_programs_run_stats_with_bpf_stats() {
             program["run_time_ns"].as_u64().unwrap(),
         )
     };
-    let (runs_before, _) = stats(&before, "select_worker");
+    let (runs_before, time_before) = stats(&before, "select_worker");
     let (runs_after, time_after) = stats(&after, "select_worker");
     assert_eq!(runs_after - runs_before, 20, "{before}\n{after}");
-    assert!(time_after > 0, "{after}");
-    let (counted_before, _) = stats(&before, "count_connections");
-    let (counted_after, _) = stats(&after, "count_connections");
+    assert!(time_after > time_before, "{before}\n{after}");
+    // The counter counted exactly these 20 connections on the workers' sockets.
+    let established = |status: &serde_json::Value| -> u64 {
+        status["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["connections"].as_u64().expect("connections"))
+            .sum()
+    };
+    assert_eq!(
+        established(&after) - established(&before),
+        20,
+        "{before}\n{after}"
+    );
+    let (counted_before, counted_time_before) = stats(&before, "count_connections");
+    let (counted_after, counted_time_after) = stats(&after, "count_connections");
+    assert!(
+        counted_time_after > counted_time_before,
+        "{before}\n{after}"
+    );
     assert!(
         counted_after - counted_before >= 40,
         "each connection reaches and leaves ESTABLISHED: {before}\n{after}"

@@ -112,20 +112,33 @@ fn reloads_lose_nothing(cluster: Cluster, load: Load) -> String {
     log
 }
 
-#[test]
-fn reloads_under_new_connection_load_lose_nothing() {
+/// 4 built-in workers steered by `mode`, reloaded 3 times under `clients` clients that `reuse`
+/// connections or not: nothing lost, and no fallback path of the program ran.
+fn reloads_of_built_in_workers_lose_nothing(mode: &str, clients: usize, reuse: Reuse) {
     require_root();
-    let cluster = Cluster::start(&["--workers", "4"]);
-    let load = Load::start(cluster.addr(), "/", 4, Reuse::NewConnection);
+    let cluster = Cluster::start(&["--workers", "4", "--steering", mode]);
+    let load = Load::start(cluster.addr(), "/", clients, reuse);
     assert_no_fallback(&reloads_lose_nothing(cluster, load));
 }
 
 #[test]
+fn reloads_under_new_connection_load_lose_nothing() {
+    reloads_of_built_in_workers_lose_nothing("round-robin", 4, Reuse::NewConnection);
+}
+
+#[test]
 fn reloads_under_keep_alive_load_lose_nothing() {
-    require_root();
-    let cluster = Cluster::start(&["--workers", "4"]);
-    let load = Load::start(cluster.addr(), "/", 8, Reuse::KeepAlive);
-    assert_no_fallback(&reloads_lose_nothing(cluster, load));
+    reloads_of_built_in_workers_lose_nothing("round-robin", 8, Reuse::KeepAlive);
+}
+
+#[test]
+fn least_conn_reloads_under_new_connection_load_lose_nothing() {
+    reloads_of_built_in_workers_lose_nothing("least-conn", 4, Reuse::NewConnection);
+}
+
+#[test]
+fn least_conn_reloads_under_keep_alive_load_lose_nothing() {
+    reloads_of_built_in_workers_lose_nothing("least-conn", 8, Reuse::KeepAlive);
 }
 
 #[test]
@@ -228,11 +241,14 @@ fn a_reload_asked_for_during_a_reload_is_refused() {
     kill(cluster.pid(), Signal::SIGHUP).expect("signal the supervisor");
     kill(cluster.pid(), Signal::SIGUSR2).expect("signal the supervisor");
     wait_for_reloads(&cluster, 1);
+    // The second was refused, not queued: the first is over, nothing runs and none failed.
+    let status = cluster.status();
     assert_eq!(
-        cluster.status()["reloads"]["finished"],
-        1,
-        "the second reload did not run"
+        status["reloads"]["finished"], 1,
+        "the second reload did not run: {status}"
     );
+    assert_eq!(status["reloads"]["failed"], 0, "{status}");
+    assert_eq!(status["reloading"], false, "a reload still runs: {status}");
     let (status, log) = cluster.stop();
     assert!(status.success(), "{status}\n{log}");
     assert_eq!(log.matches("reload refused").count(), 1, "{log}");

@@ -81,6 +81,10 @@ pub struct SystemEffects {
     last_broadcast: Option<String>,
     /// Readiness probes of starting workers.
     probes: Probes,
+    /// Workers that accepted their probe and do not serve yet (a COMMAND waits out
+    /// `--min-uptime`), by slot: the program steers their probe's port until the worker serves,
+    /// or, if it exits first, until it is forgotten.
+    probed: BTreeMap<Pid, u32>,
     /// When /proc may next be looked at for workers waiting on their socket.
     next_proc_look: Option<Instant>,
 }
@@ -128,6 +132,7 @@ impl SystemEffects {
             channels: BTreeMap::new(),
             last_broadcast: None,
             probes: Probes::new(addr),
+            probed: BTreeMap::new(),
             next_proc_look: None,
         })
     }
@@ -165,7 +170,9 @@ impl SystemEffects {
             .filter(|&pid| self.accepted_probe(pid))
             .collect();
         for &pid in &accepting {
-            self.probes.forget(pid);
+            if let Some((slot, true)) = self.probes.forget(pid) {
+                self.probed.insert(pid, slot);
+            }
         }
         accepting
     }
@@ -401,6 +408,7 @@ impl Effects for SystemEffects {
         let (own_socket, socket_id) = (held.socket.take(), held.socket_id);
         // The program ends the slot's probe itself before the socket takes the slot.
         self.probes.forget(pid);
+        self.probed.remove(&pid);
         if let Some(listener) = own_socket.as_ref().or(self.shared.as_ref())
             && let Err(err) = self.steering.serve(slot, listener.as_fd(), socket_id)
         {
@@ -486,7 +494,8 @@ impl Effects for SystemEffects {
         }
         // Only now, with the socket closed: a probe still queued on it was reset rather than
         // migrated, because its port was still known to the program.
-        if let Some((slot, true)) = self.probes.forget(pid)
+        let pending = self.probes.forget(pid).filter(|&(_, steered)| steered);
+        if let Some(slot) = pending.map(|(slot, _)| slot).or(self.probed.remove(&pid))
             && let Some(program) = self.steering.prober()
             && let Err(err) = program.probe_end(slot, None)
         {

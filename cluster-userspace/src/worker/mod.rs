@@ -98,10 +98,13 @@ async fn serve(listener: StdListener, identity: Identity) -> Result<(), WorkerEr
     let (last_message, message_watch) = watch::channel(None::<String>);
     let mut channel = channel::Channel::take().map_err(io_error("opening the message channel"))?;
     let mut connections = JoinSet::new();
-    // The socket is registered and the loop below is about to accept: tell the supervisor.
-    if let Err(err) = notify::notify_ready().await {
-        warn!(slot = identity.slot, error = %err, "could not report readiness to the supervisor");
-    }
+    // The socket is registered and the loop below is about to accept: tell the supervisor, on
+    // a task of its own, since a full queue makes it try again for a while.
+    tokio::spawn(async move {
+        if let Err(err) = notify::notify_ready().await {
+            warn!(slot = identity.slot, error = %err, "could not report readiness to the supervisor");
+        }
+    });
     debug!(slot = identity.slot, pid = identity.pid, "worker serving");
 
     loop {
