@@ -11,11 +11,11 @@
 use std::fmt;
 
 use anyhow::{Context as _, Result, bail};
+use cluster::control::protocol::ProgramStats;
 use serde::Serialize;
 
 use crate::{
     matrix::{Mode, Pattern, Scenario},
-    pool::ProgramStats,
     run::Runner,
     stats::Spread,
 };
@@ -128,22 +128,16 @@ impl Runner<'_> {
         let after = pool.status()?.programs;
         pool.stop()?;
         self.progress.run_done();
-        let selector = |programs: &[ProgramStats]| {
+        // The selector is the program that is not the counter.
+        let program = |programs: &[ProgramStats], counter: bool| {
             programs
                 .iter()
-                .find(|p| p.program != COUNTER)
+                .find(|p| (p.program == COUNTER) == counter)
                 .cloned()
                 .unwrap_or_default()
         };
-        let counter = |programs: &[ProgramStats]| {
-            programs
-                .iter()
-                .find(|p| p.program == COUNTER)
-                .cloned()
-                .unwrap_or_default()
-        };
-        let (decisions, decision_ns) = selector(&after).since(&selector(&before));
-        let (counter_runs, counter_ns) = counter(&after).since(&counter(&before));
+        let (decisions, decision_ns) = since(&program(&after, false), &program(&before, false));
+        let (counter_runs, counter_ns) = since(&program(&after, true), &program(&before, true));
         if decisions == 0 {
             bail!(
                 "the kernel counted no run of the {mode} program: were its stats on? (status said {after:?})"
@@ -160,14 +154,12 @@ impl Runner<'_> {
     }
 }
 
-impl ProgramStats {
-    /// Runs and run time between `earlier` and this reading.
-    fn since(&self, earlier: &Self) -> (u64, u64) {
-        (
-            self.runs.saturating_sub(earlier.runs),
-            self.run_time_ns.saturating_sub(earlier.run_time_ns),
-        )
-    }
+/// Runs and run time between the readings `earlier` and `now`.
+fn since(now: &ProgramStats, earlier: &ProgramStats) -> (u64, u64) {
+    (
+        now.runs.saturating_sub(earlier.runs),
+        now.run_time_ns.saturating_sub(earlier.run_time_ns),
+    )
 }
 
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]

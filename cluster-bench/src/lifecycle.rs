@@ -11,13 +11,11 @@ use std::{
 use anyhow::Result;
 use clap::ValueEnum;
 use cluster_load::{Live, Timeline};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use serde::Serialize;
 
 use crate::{
+    held::HeldCounter,
+    kills::{self, Kill, KillAccount},
     matrix::{Mode, Pattern},
     pool::Pool,
     stuck,
@@ -42,7 +40,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Lifecycle {
     /// 3 rolling reloads, evenly spread over the run.
     Reload,
-    /// A random serving worker SIGKILLed every second.
+    /// A random serving worker SIGKILLed every second (stopped first, while what it holds is
+    /// counted).
     Kill,
     /// A worker the load reaches stopped with SIGSTOP at a tenth of the run, continued at its
     /// end; the pool's health check at its defaults (`--stall-after 1 --hang-timeout 30`).
@@ -112,9 +111,9 @@ pub struct LifecycleRun {
     pub disturbances: u32,
     pub requests: u64,
     pub failed: u64,
-    /// Kept-alive connections the server closed while idle (not failed requests).
-    pub idle_closed: u64,
     pub errors: cluster_load::ErrorCounts,
+    /// In the kill scenario, the failures against what the killed workers held.
+    pub kill: Option<KillAccount>,
     /// What the bench did to the pool and what it saw, in the load's time.
     pub events: Vec<Event>,
     /// The load in time buckets.
@@ -138,6 +137,8 @@ pub struct Event {
 pub struct Disturbed {
     pub made: u32,
     pub events: Vec<Event>,
+    /// The workers killed in the kill scenario.
+    pub kills: Vec<Kill>,
 }
 
 /// The load's time: when it started and how long it sends requests.
@@ -188,9 +189,15 @@ pub fn timeline_bucket(duration: Duration) -> Duration {
     Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX).max(1000))
 }
 
-/// Disturbs `pool` as `scenario` says while the load of `clock` runs (`live` names the workers
-/// it reaches). Runs on a thread of its own beside the load.
-pub fn disturb(pool: &Pool, scenario: Lifecycle, clock: Clock, live: &Live) -> Result<Disturbed> {
+/// Disturbs `pool`, running in `mode`, as `scenario` says while the load of `clock` runs
+/// (`live` names the workers it reaches). Runs on a thread of its own beside the load.
+pub fn disturb(
+    pool: &Pool,
+    scenario: Lifecycle,
+    mode: Mode,
+    clock: Clock,
+    live: &Live,
+) -> Result<Disturbed> {
     let duration = clock.duration;
     let mut done = Disturbed::default();
     match scenario {
@@ -206,17 +213,14 @@ pub fn disturb(pool: &Pool, scenario: Lifecycle, clock: Clock, live: &Live) -> R
             }
         }
         Lifecycle::Kill => {
+            let mut counter = HeldCounter::open(pool.addr.port(), !mode.shares_one_listener())?;
             let mut next = KILL_EVERY;
             while next + KILL_EVERY / 2 < duration {
                 clock.sleep_until(next);
                 next += KILL_EVERY;
-                let pids = pool.serving_pids()?;
-                if pids.is_empty() {
-                    continue;
-                }
-                let victim = pids[fastrand::usize(..pids.len())];
-                if kill(Pid::from_raw(victim), Signal::SIGKILL).is_ok() {
+                if let Some(kill) = kills::kill_one(pool, &clock, &mut counter)? {
                     done.events.push(Event::now("SIGKILL", &clock));
+                    done.kills.push(kill);
                     done.made += 1;
                 }
             }

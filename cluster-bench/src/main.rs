@@ -8,6 +8,8 @@
 mod cli;
 mod cpu;
 mod decision_cost;
+mod held;
+mod kills;
 mod lifecycle;
 mod lifecycle_report;
 mod matrix;

@@ -70,6 +70,13 @@ impl Mode {
         matches!(self, Self::RoundRobin | Self::Sticky | Self::LeastConn)
     }
 
+    /// Whether every worker accepts from one listening socket, whose queue outlives any of
+    /// them.
+    #[must_use]
+    pub fn shares_one_listener(self) -> bool {
+        matches!(self, Self::Single | Self::Shared)
+    }
+
     /// Source addresses the clients spread over, if any.
     #[must_use]
     pub fn spread_sources(self) -> Option<u32> {

@@ -12,11 +12,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use cluster::control::protocol::PoolStatus;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use serde::Deserialize;
 
 use crate::cpu::{self, Ticks};
 
@@ -26,31 +26,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often readiness and exit are checked.
 const POLL: Duration = Duration::from_millis(100);
-
-/// The fields of `cluster status --json` the bench reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Status {
-    pub serving: u32,
-    pub rows: Vec<Row>,
-    /// The programs' kernel run stats, with `--bpf-stats` only.
-    #[serde(default)]
-    pub programs: Vec<ProgramStats>,
-}
-
-/// One program's kernel run stats in `cluster status --json`.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ProgramStats {
-    pub program: String,
-    pub runs: u64,
-    pub run_time_ns: u64,
-}
-
-/// One worker row of `cluster status --json`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Row {
-    pub pid: Option<i32>,
-    pub phase: String,
-}
 
 /// A running pool, stopped when dropped.
 #[derive(Debug)]
@@ -156,7 +131,7 @@ impl Pool {
     }
 
     /// `cluster status --json` of this pool.
-    pub fn status(&self) -> Result<Status> {
+    pub fn status(&self) -> Result<PoolStatus> {
         let output = self
             .control(&["status", "--json"])
             .context("running cluster status")?;

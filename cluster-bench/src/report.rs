@@ -27,8 +27,12 @@ pub fn markdown(bench: &Bench) -> String {
     let _ = writeln!(out, "`{}`\n", bench.command.join(" "));
     let _ = writeln!(
         out,
-        "- machine: {} × {}, Linux {}; `cluster --version`: {}",
-        sys.cpus, sys.cpu_model, sys.kernel, sys.cluster_version
+        "- machine: {} × {}, Linux {}; `cluster --version`: {}; `net.ipv4.tcp_migrate_req`: {}",
+        sys.cpus,
+        sys.cpu_model,
+        sys.kernel,
+        sys.cluster_version,
+        sys.tcp_migrate_req_value()
     );
     let _ = writeln!(out, "- placement: {}", bench.placement.description);
     let _ = writeln!(
@@ -277,6 +281,7 @@ pub(crate) mod tests {
                 cpus: 2,
                 cluster_version: "cluster 0.1.0".to_owned(),
                 bench_version: "0.1.0".to_owned(),
+                tcp_migrate_req: Some(false),
             },
             placement: Placement::plan(vec![0, 1], 2, true),
             settings: Settings {

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Version of the JSON shape; raised when a field changes meaning or goes away.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
 /// The whole bench.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +49,21 @@ pub struct System {
     /// `cluster --version`.
     pub cluster_version: String,
     pub bench_version: String,
+    /// `net.ipv4.tcp_migrate_req` of the bench's network namespace: whether a closing socket's
+    /// queue migrates under `hash` (`None` if unreadable).
+    pub tcp_migrate_req: Option<bool>,
+}
+
+impl System {
+    /// `net.ipv4.tcp_migrate_req` as the sysctl shows it: `0`, `1`, or `unknown`.
+    #[must_use]
+    pub fn tcp_migrate_req_value(&self) -> &'static str {
+        match self.tcp_migrate_req {
+            Some(true) => "1",
+            Some(false) => "0",
+            None => "unknown",
+        }
+    }
 }
 
 /// What every run shared.

@@ -8,6 +8,7 @@ use cluster_load::{Config, LatencySummary, PathMix, Target};
 
 use crate::{
     cpu::{self, Placement},
+    kills::KillAccount,
     lifecycle::{self, Clock, Lifecycle, LifecycleRun},
     matrix::{Iterations, Mode, Pattern, Scenario, Step},
     pool::{Pool, PoolTicks},
@@ -145,7 +146,7 @@ impl Runner<'_> {
         };
         let live = running.live();
         let (report, disturbed) = std::thread::scope(|scope| {
-            let disturber = scope.spawn(|| lifecycle::disturb(&pool, scenario, clock, &live));
+            let disturber = scope.spawn(|| lifecycle::disturb(&pool, scenario, mode, clock, &live));
             let report = self.runtime.block_on(self.follow(&what, running));
             let disturbed = disturber
                 .join()
@@ -163,7 +164,9 @@ impl Runner<'_> {
             disturbances: disturbed.made,
             requests: report.requests,
             failed: report.failed,
-            idle_closed: report.errors.idle_closed,
+            kill: (scenario == Lifecycle::Kill).then(|| {
+                KillAccount::of(disturbed.kills, report.failed, &report.kept_alive_failures)
+            }),
             errors: report.errors,
             events: disturbed.events,
             timeline: report.timeline.unwrap_or_default(),

@@ -30,8 +30,12 @@ pub fn describe(binary: &Path) -> System {
             || "unknown".to_owned(),
             |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
         );
+    let tcp_migrate_req = fs::read_to_string(Path::new("/proc/sys/net/ipv4/tcp_migrate_req"))
+        .ok()
+        .map(|value| value.trim() != "0");
     System {
         kernel,
+        tcp_migrate_req,
         cpu_model,
         cpus,
         cluster_version,

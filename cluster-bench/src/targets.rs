@@ -231,7 +231,6 @@ fn lifecycle(bench: &Bench, targets: &mut Vec<Target>) {
             "no lifecycle scenario ran (--lifecycle)",
         ));
     }
-    let concurrency = u64::try_from(bench.settings.concurrency).unwrap_or(u64::MAX);
     for run in &bench.lifecycle {
         let (pattern, mode) = (run.pattern, run.mode);
         match run.scenario {
@@ -243,19 +242,36 @@ fn lifecycle(bench: &Bench, targets: &mut Vec<Target>) {
                 format!("{} failed of {}", run.failed, run.requests),
                 run.failed == 0,
             )),
-            // Each killed worker held at most every client's request or connection, so
-            // `concurrency` per kill bounds what was in flight plus the connections held.
+            // Failures against what the killed workers held when they were stopped for the
+            // kill: connections (each in flight or idle between requests) and queued ones.
             Lifecycle::Kill => {
-                let bound = u64::from(run.disturbances) * concurrency;
-                targets.push(Target::check(
-                    format!(
-                        "{} workers killed: failures ≤ in flight + held (≤ {concurrency} per \
-                         kill), {mode}, {pattern}",
-                        run.disturbances
+                let workers = if run.disturbances == 1 {
+                    "worker"
+                } else {
+                    "workers"
+                };
+                let wanted = format!(
+                    "{} {workers} killed: failed ≤ connections held + queued at the kills, \
+                     {mode}, {pattern}",
+                    run.disturbances
+                );
+                targets.push(match &run.kill {
+                    Some(account) => Target::check(
+                        wanted,
+                        format!(
+                            "{} failed ≤ {} ({} held + {} queued); {} in flight, {} sent on an \
+                             idle held connection",
+                            run.failed,
+                            account.bound,
+                            account.held,
+                            account.queued,
+                            account.failed_in_flight,
+                            account.failed_idle
+                        ),
+                        run.failed <= account.bound,
                     ),
-                    format!("{} failed of {}", run.failed, run.requests),
-                    run.failed <= bound,
-                ));
+                    None => Target::not_measured(wanted, "the run counted nothing at its kills"),
+                });
             }
             // The README (Scaling) has added slots join the program's selection once ready and
             // removed ones leave it at once and drain, tested with no failed request.

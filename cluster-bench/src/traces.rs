@@ -265,6 +265,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "trace-kill.svg",
                 "trace-stuck.svg",
                 "trace-stuck-health-off.svg",
                 "trace-scale.svg"
@@ -276,7 +277,9 @@ mod tests {
             assert!(svg.trim_end().ends_with("</svg>"), "{file}");
             assert!(svg.contains(title.as_str()), "{file}");
             assert!(
-                svg.contains("SIGSTOP") || svg.contains("scale to 4"),
+                ["SIGKILL", "SIGSTOP", "scale to 4"]
+                    .iter()
+                    .any(|what| svg.contains(what)),
                 "{file}"
             );
         }

@@ -52,6 +52,8 @@ pub(crate) struct Connection {
     driver: Option<JoinHandle<Result<(), hyper::Error>>>,
     /// Requests answered on it so far.
     pub answered: u64,
+    /// The `x-worker-pid` of its latest answer that had one.
+    pid: Option<u64>,
 }
 
 impl Connection {
@@ -76,6 +78,7 @@ impl Connection {
             sender,
             driver: Some(driver),
             answered: 0,
+            pid: None,
         })
     }
 
@@ -111,7 +114,13 @@ impl Connection {
             frame.map_err(|err| SendError::Failed(Failure::hyper("reading the body", &err)))?;
         }
         self.answered += 1;
+        self.pid = answer.pid.or(self.pid);
         Ok(answer)
+    }
+
+    /// The worker that answered on it, once it has answered: the one holding it kept alive.
+    pub(crate) fn kept_by(&self) -> Option<u64> {
+        if self.answered > 0 { self.pid } else { None }
     }
 
     /// Why the connection closed before a request was sent on it: the error that ended it

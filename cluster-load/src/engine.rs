@@ -19,7 +19,7 @@ use crate::{
     client::{Answer, Connection, GetRequest, SendError, get},
     config::{Config, ConfigError, ConnectionMode},
     errors::{ErrorClass, ErrorCounts, Failure},
-    report::Report,
+    report::{KeptAliveFailure, Report},
     sources::SourceSpread,
     stats::{self, LatencySummary, Share, latency_histogram},
     timeline::{Recorder, Timeline},
@@ -219,7 +219,9 @@ impl Plan {
             };
             let uri = self.config.paths.pick(&mut rng).clone();
             let request = get(uri, &self.host, keep_alive);
-            let exchange = self.exchange(&mut connection, request, &mut tally);
+            let sent = self.started.elapsed();
+            let mut kept_by = None;
+            let exchange = self.exchange(&mut connection, request, &mut tally, &mut kept_by);
             let outcome = match tokio::time::timeout(self.config.timeout, exchange).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
@@ -235,6 +237,12 @@ impl Plan {
             };
             let latency = origin.elapsed();
             let pid = outcome.as_ref().ok().and_then(|answer| answer.pid);
+            if let (Err(_), Some(pid)) = (&outcome, kept_by) {
+                tally.kept_alive_failures.push(KeptAliveFailure {
+                    pid,
+                    sent_seconds: sent.as_secs_f64(),
+                });
+            }
             let ok = tally.count(outcome, latency);
             if let Some(timeline) = &self.timeline {
                 // Bucketed by when it was due (in closed loop, when it was sent), so that the
@@ -255,12 +263,15 @@ impl Plan {
 
     /// Sends `request` on the client's connection, opening one if it has none. A kept-alive
     /// connection found closed by the server before the request was sent counts as closed
-    /// while idle, and the request goes out on a new connection.
+    /// while idle, and the request goes out on a new connection. `kept_by` is set to the
+    /// worker holding the kept-alive connection the request goes out on (`None` on a new one);
+    /// it stays set if the exchange is dropped at the timeout.
     async fn exchange(
         &self,
         slot: &mut Option<Connection>,
         mut request: GetRequest,
         tally: &mut Tally,
+        kept_by: &mut Option<u64>,
     ) -> Result<Answer, Failure> {
         loop {
             let mut connection = match slot.take() {
@@ -273,6 +284,7 @@ impl Plan {
                     connection
                 }
             };
+            *kept_by = connection.kept_by();
             match connection.send(request).await {
                 Ok(answer) => {
                     if answer.reusable && self.config.mode == ConnectionMode::KeepAlive {
@@ -306,6 +318,7 @@ struct Tally {
     without_slot: u64,
     without_pid: u64,
     connections: u64,
+    kept_alive_failures: Vec<KeptAliveFailure>,
 }
 
 impl Default for Tally {
@@ -320,6 +333,7 @@ impl Default for Tally {
             without_slot: 0,
             without_pid: 0,
             connections: 0,
+            kept_alive_failures: Vec::new(),
         }
     }
 }
@@ -371,6 +385,7 @@ impl Tally {
         self.without_slot += other.without_slot;
         self.without_pid += other.without_pid;
         self.connections += other.connections;
+        self.kept_alive_failures.extend(other.kept_alive_failures);
     }
 
     fn into_report(self, config: &Config, elapsed: Duration, timeline: Option<Timeline>) -> Report {
@@ -406,9 +421,15 @@ impl Tally {
             failure_samples: self.failure_samples,
             by_slot: Share::of(self.slots, self.without_slot),
             by_pid: Share::of(self.pids, self.without_pid),
+            kept_alive_failures: sorted_by_time(self.kept_alive_failures),
             timeline,
         }
     }
+}
+
+fn sorted_by_time(mut failures: Vec<KeptAliveFailure>) -> Vec<KeptAliveFailure> {
+    failures.sort_by(|a, b| a.sent_seconds.total_cmp(&b.sent_seconds));
+    failures
 }
 
 fn count_header(counts: &mut BTreeMap<u64, u64>, without: &mut u64, value: Option<u64>) {

@@ -40,7 +40,7 @@ pub use config::{Config, ConfigError, ConnectionMode, MAX_CONCURRENCY};
 pub use engine::{Live, LoadError, Running, run, start};
 pub use errors::{ErrorClass, ErrorCounts};
 pub use mix::PathMix;
-pub use report::Report;
+pub use report::{KeptAliveFailure, Report};
 pub use sources::{MAX_SPREAD, SourceSpread};
 pub use stats::{LatencySummary, Share, latency_histogram};
 pub use target::Target;

@@ -48,9 +48,22 @@ pub struct Report {
     pub by_slot: Share,
     /// Successful answers per `x-worker-pid` value.
     pub by_pid: Share,
+    /// Requests that failed without an answer on a kept-alive connection, that is one a
+    /// worker had answered on before, by the time they were sent (absent when none did).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_alive_failures: Vec<KeptAliveFailure>,
     /// The requests in time buckets, when the config asked for them (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline: Option<Timeline>,
+}
+
+/// A request that failed without an answer on a kept-alive connection.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct KeptAliveFailure {
+    /// The `x-worker-pid` of the connection's earlier answers: the worker that held it.
+    pub pid: u64,
+    /// When the request was sent, in seconds since the run started.
+    pub sent_seconds: f64,
 }
 
 impl Report {

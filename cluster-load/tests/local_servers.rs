@@ -33,6 +33,8 @@ enum Behaviour {
     AnswerChunked,
     /// Answers each connection's first request, then closes it at once without saying so.
     AnswerThenClose,
+    /// Answers each connection's first request, then reads the next one and resets.
+    AnswerThenReset,
     /// Answers each request with `Connection: close`, then closes.
     AnswerAndSayClose,
     /// Reads the request, then resets the connection (`SO_LINGER` 0, then close).
@@ -80,15 +82,19 @@ async fn connection(mut stream: TcpStream, n: u32, behaviour: Behaviour) {
     if let Behaviour::CloseAtOnce = behaviour {
         return;
     }
-    loop {
+    for answered in 0u32.. {
         let Some(request) = read_request(&mut stream).await else {
             return;
         };
+        if let (Behaviour::AnswerThenReset, 1..) = (behaviour, answered) {
+            stream.set_zero_linger().unwrap();
+            return;
+        }
         let asks_close = request.to_ascii_lowercase().contains("connection: close");
         let slot = n % 2;
         let named = format!("x-worker-slot: {slot}\r\nx-worker-pid: {}\r\n", 1000 + slot);
         let answer = match behaviour {
-            Behaviour::Answer | Behaviour::AnswerThenClose => {
+            Behaviour::Answer | Behaviour::AnswerThenClose | Behaviour::AnswerThenReset => {
                 format!("HTTP/1.1 200 OK\r\n{named}content-length: 2\r\n\r\nok")
             }
             Behaviour::AnswerChunked => format!(
@@ -124,7 +130,10 @@ async fn connection(mut stream: TcpStream, n: u32, behaviour: Behaviour) {
         if stream.write_all(answer.as_bytes()).await.is_err() {
             return;
         }
-        let keep_open = matches!(behaviour, Behaviour::Answer | Behaviour::AnswerChunked);
+        let keep_open = matches!(
+            behaviour,
+            Behaviour::Answer | Behaviour::AnswerChunked | Behaviour::AnswerThenReset
+        );
         if asks_close || !keep_open {
             // Every byte of the request was read, so this close sends FIN, not RST.
             drop(stream.shutdown().await);
@@ -224,8 +233,36 @@ async fn a_refused_connection_is_refused() {
 async fn a_reset_is_reset() {
     let server = serve(Behaviour::Reset).await;
     for mode in MODES {
-        all_failed_as(&run(server.addr, mode, TIMEOUT).await, ErrorClass::Reset);
+        let report = run(server.addr, mode, TIMEOUT).await;
+        all_failed_as(&report, ErrorClass::Reset);
+        // Every request failed on a new connection: none had been answered on.
+        assert!(report.kept_alive_failures.is_empty(), "{report:#?}");
     }
+}
+
+#[tokio::test]
+async fn a_failure_on_a_kept_alive_connection_names_the_worker_that_held_it() {
+    let server = serve(Behaviour::AnswerThenReset).await;
+    let report = run(server.addr, ConnectionMode::KeepAlive, TIMEOUT).await;
+    // Each connection answers its first request and resets on the second, so the requests
+    // alternate between succeeding on a new connection and failing on a kept one.
+    assert!(report.failed >= 2, "{report:#?}");
+    assert_eq!(report.errors.reset, report.failed, "{report:#?}");
+    assert_eq!(report.ok + report.failed, REQUESTS, "{report:#?}");
+    let failures = &report.kept_alive_failures;
+    assert_eq!(failures.len() as u64, report.failed, "{report:#?}");
+    for failure in failures {
+        assert!([1000, 1001].contains(&failure.pid), "{report:#?}");
+        assert!((0.0..0.19).contains(&failure.sent_seconds), "{report:#?}");
+    }
+    assert!(
+        failures.is_sorted_by(|a, b| a.sent_seconds <= b.sent_seconds),
+        "{report:#?}"
+    );
+    // A new connection per request: only first requests, every one answered.
+    let report = run(server.addr, ConnectionMode::PerRequest, TIMEOUT).await;
+    assert_eq!((report.ok, report.failed), (REQUESTS, 0), "{report:#?}");
+    assert!(report.kept_alive_failures.is_empty(), "{report:#?}");
 }
 
 #[tokio::test]
@@ -423,6 +460,10 @@ async fn the_report_serializes_with_documented_fields() {
     assert_eq!(json["by_slot"]["counts"]["0"], 5, "{json}");
     assert_eq!(json["mode"], "per-request");
     assert!(json.get("timeline").is_none(), "not asked for: {json}");
+    assert!(
+        json.get("kept_alive_failures").is_none(),
+        "none failed: {json}"
+    );
     let mut table = Vec::new();
     report.write_table(&mut table).unwrap();
     assert!(!table.is_empty());

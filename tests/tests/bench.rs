@@ -62,10 +62,15 @@ fn assert_well_formed_svg(path: &Path) {
     );
 }
 
-/// Runs `cluster-bench --quick --duration 1 --concurrency 4 --quiet --out OUT ARGS` with
+/// Runs `cluster-bench --quick --duration SECONDS --concurrency 4 --quiet --out OUT ARGS` with
 /// `path` as PATH (`None`: this process's), asserts that it succeeded, and returns its stdout and
 /// bench.json.
-fn quick_bench(out: &OutDir, args: &[&str], path: Option<&std::ffi::OsStr>) -> (String, Value) {
+fn quick_bench(
+    out: &OutDir,
+    seconds: &str,
+    args: &[&str],
+    path: Option<&std::ffi::OsStr>,
+) -> (String, Value) {
     let mut bench = Command::new(bench_binary());
     bench
         .arg("--cluster")
@@ -73,7 +78,7 @@ fn quick_bench(out: &OutDir, args: &[&str], path: Option<&std::ffi::OsStr>) -> (
         .args([
             "--quick",
             "--duration",
-            "1",
+            seconds,
             "--concurrency",
             "4",
             "--quiet",
@@ -113,9 +118,9 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
          `cargo xtask test` does with apt-get)"
     );
     let out = OutDir::new("test");
-    let (stdout, json) = quick_bench(&out, &["--lifecycle", "stuck,scale"], None);
+    let (stdout, json) = quick_bench(&out, "1", &["--lifecycle", "stuck,scale"], None);
     assert!(stdout.contains("placement: "), "{stdout}");
-    assert_eq!(at(&json, "schema"), 1);
+    assert_eq!(at(&json, "schema"), 2);
     for path in [
         "command.0",
         "started_unix",
@@ -124,6 +129,7 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
         "system.cpus",
         "system.cluster_version",
         "system.bench_version",
+        "system.tcp_migrate_req",
         "placement.pinned",
         "placement.description",
         "placement.generator_cpus",
@@ -332,6 +338,7 @@ fn without_node_the_peer_is_skipped_and_said_so() {
     let out = OutDir::new("no-node");
     let (_, json) = quick_bench(
         &out,
+        "1",
         &["--modes", "shared", "--no-cost"],
         Some(&without_node),
     );
@@ -389,7 +396,7 @@ fn check_lifecycle(json: &Value) {
             "disturbances",
             "requests",
             "failed",
-            "idle_closed",
+            "errors.idle_closed",
             "errors.timeout",
             "errors.reset",
             "events",
@@ -398,6 +405,10 @@ fn check_lifecycle(json: &Value) {
             at(run, path);
         }
         assert!(at(run, "requests").as_u64().unwrap() > 0, "{run:#}");
+        assert!(
+            at(run, "kill").is_null(),
+            "only the kill scenario counts: {run:#}"
+        );
         let timeline = at(run, "timeline");
         let buckets = at(timeline, "ok").as_array().unwrap().len();
         assert_eq!(buckets, 40, "a run is recorded in 40 buckets: {timeline:#}");
@@ -428,4 +439,97 @@ fn check_lifecycle(json: &Value) {
             assert_eq!(events, ["scale to 4", "scale to 2"], "{run:#}");
         }
     }
+}
+
+/// The kill and reload scenarios, kept alive under round-robin, 4 clients over 2 workers: the
+/// killed worker is counted holding exactly its 2 connections (the rotation is exact), each of
+/// them either fails its request or is found closed before the next one is sent, and the
+/// failures are judged against that count. The reloads fail nothing.
+#[test]
+fn the_kill_scenario_counts_what_the_killed_worker_held() {
+    require_root();
+    let out = OutDir::new("kill");
+    let (stdout, json) = quick_bench(
+        &out,
+        "2",
+        &[
+            "--modes",
+            "round-robin",
+            "--patterns",
+            "keep-alive",
+            "--lifecycle",
+            "reload,kill",
+            "--no-cost",
+            "--peer",
+            "none",
+        ],
+        None,
+    );
+    let runs = at(&json, "lifecycle").as_array().unwrap();
+    let scenarios: Vec<&str> = runs
+        .iter()
+        .map(|r| at(r, "scenario").as_str().unwrap())
+        .collect();
+    assert_eq!(scenarios, ["reload", "kill"]);
+    let (reload, kill) = (&runs[0], &runs[1]);
+    assert_eq!(at(reload, "disturbances"), 3, "{reload:#}");
+    assert_eq!(at(reload, "failed"), 0, "{reload:#}");
+    assert_eq!(at(kill, "disturbances"), 1, "one kill in 2 s: {kill:#}");
+    let account = at(kill, "kill");
+    assert_eq!(at(account, "kills.0.held.connections"), 2, "{kill:#}");
+    assert_eq!(at(account, "kills.0.held.queued"), 0, "{kill:#}");
+    assert!(at(account, "kills.0.pid").as_i64().unwrap() > 1, "{kill:#}");
+    assert!(
+        at(account, "kills.0.at_seconds").as_f64().unwrap() >= 1.0,
+        "{kill:#}"
+    );
+    assert_eq!(at(account, "bound"), 2, "{kill:#}");
+    let failed = at(kill, "failed").as_u64().unwrap();
+    let idle_closed = at(kill, "errors.idle_closed").as_u64().unwrap();
+    assert_eq!(failed + idle_closed, 2, "{kill:#}");
+    assert_eq!(
+        at(account, "failed_in_flight").as_u64().unwrap()
+            + at(account, "failed_idle").as_u64().unwrap(),
+        failed,
+        "{kill:#}"
+    );
+    let verdicts: Vec<(&str, &str)> = at(&json, "targets")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            let wanted = at(t, "wanted").as_str().unwrap();
+            wanted.contains("killed") || wanted.contains("reloads")
+        })
+        .map(|t| {
+            (
+                at(t, "wanted").as_str().unwrap(),
+                at(t, "verdict").as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            (
+                "3 rolling reloads: 0 failed, round-robin, keep-alive",
+                "met"
+            ),
+            (
+                "1 worker killed: failed ≤ connections held + queued at the kills, round-robin, \
+                 keep-alive",
+                "met"
+            )
+        ],
+        "{stdout}"
+    );
+    let report = fs::read_to_string(out.0.join("bench-report.md")).unwrap();
+    for line in [
+        "### Killed workers: failures against what they held",
+        "| keep-alive | round-robin | 1.",
+        "`net.ipv4.tcp_migrate_req`: ",
+    ] {
+        assert!(report.contains(line), "no {line:?} in:\n{report}");
+    }
+    assert_well_formed_svg(&out.0.join("trace-kill.svg"));
 }
