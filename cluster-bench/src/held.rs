@@ -4,12 +4,15 @@
 //! Its sockets are copied out of it with `pidfd_getfd(2)` and asked for their family, type,
 //! local port and whether they listen; the copies are closed before the worker is killed, so
 //! its sockets still close with it. A listener's queue comes from the kernel's sock_diag, as
-//! the supervisor reads it. Both answer in microseconds however many sockets wait in TIME-WAIT:
-//! listing them instead (`/proc/net/tcp`, or a sock_diag dump of established sockets) walks the
-//! kernel's whole connection table, which took 20 ms to over a second after a few runs of a new
-//! connection per request, while the stopped worker kept its share of new connections.
-//! Connections still in SYN-RECV belong to no file and are not counted; on loopback they last
-//! one round trip.
+//! the supervisor reads it. Both answer in microseconds however many sockets wait in TIME-WAIT.
+//! Listing the connections instead (`/proc/net/tcp`, or a sock_diag dump of established
+//! sockets: `inet_diag_dump_icsk` in
+//! <https://github.com/torvalds/linux/blob/v6.18/net/ipv4/inet_diag.c> filters on the port
+//! only for listeners) walks the kernel's whole connection table, which took 20 ms to over a
+//! second after a few runs of a new connection per request, while the stopped worker kept its
+//! share of new connections. Connections still in SYN-RECV are request sockets with no file
+//! (`inet_reqsk_alloc` in net/ipv4/tcp_input.c) and are not counted; on loopback they last one
+//! round trip.
 
 use std::{fs, os::fd::OwnedFd, path::Path};
 
@@ -17,7 +20,7 @@ use anyhow::{Context as _, Result};
 use cluster::supervisor::accept_queues::AcceptQueues;
 use rustix::{
     net::{AddressFamily, SocketType, getsockname, sockopt},
-    process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open},
+    process::{PidfdGetfdFlags, pidfd_getfd},
 };
 use serde::Serialize;
 
@@ -63,9 +66,9 @@ impl HeldCounter {
         })
     }
 
-    /// What process `pid` holds now.
-    pub fn held_by(&mut self, pid: i32) -> Result<Held> {
-        let sockets = self.sockets_of(pid)?;
+    /// What process `pid`, also named by `pidfd`, holds now.
+    pub fn held_by(&mut self, pidfd: &OwnedFd, pid: i32) -> Result<Held> {
+        let sockets = self.sockets_of(pidfd, pid)?;
         let mut held = Held::default();
         let mut listeners = Vec::new();
         for (inode, socket) in &sockets {
@@ -92,11 +95,8 @@ impl HeldCounter {
         Ok(held)
     }
 
-    /// Copies of the sockets process `pid` has open, with their inodes.
-    fn sockets_of(&self, pid: i32) -> Result<Vec<(u32, OwnedFd)>> {
-        let process = Pid::from_raw(pid).with_context(|| format!("pid {pid}"))?;
-        let pidfd = pidfd_open(process, PidfdFlags::empty())
-            .with_context(|| format!("opening a pidfd for {pid}"))?;
+    /// Copies of the sockets process `pid` (`pidfd`) has open, with their inodes.
+    fn sockets_of(&self, pidfd: &OwnedFd, pid: i32) -> Result<Vec<(u32, OwnedFd)>> {
         let fds = Path::new("/proc").join(pid.to_string()).join("fd");
         let entries = fs::read_dir(&fds).with_context(|| format!("listing {}", fds.display()))?;
         let mut sockets = Vec::new();
@@ -110,9 +110,13 @@ impl HeldCounter {
             else {
                 continue;
             };
-            // A descriptor closed since the listing is simply not there.
-            if let Ok(copy) = pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()) {
-                sockets.push((inode, copy));
+            match pidfd_getfd(pidfd, fd, PidfdGetfdFlags::empty()) {
+                Ok(copy) => sockets.push((inode, copy)),
+                // A descriptor closed since the listing is simply not there.
+                Err(rustix::io::Errno::BADF) => {}
+                Err(err) => {
+                    return Err(err).with_context(|| format!("copying fd {fd} out of {pid}"));
+                }
             }
         }
         Ok(sockets)
@@ -172,10 +176,13 @@ mod tests {
         let _unix = std::os::unix::net::UnixStream::pair().unwrap();
         let pid = i32::try_from(std::process::id()).unwrap();
         let mut counter = HeldCounter::open(port, true).unwrap();
+        let process = rustix::process::Pid::from_raw(pid).unwrap();
+        let pidfd =
+            rustix::process::pidfd_open(process, rustix::process::PidfdFlags::empty()).unwrap();
         // The third handshake completes in the kernel; wait until it is queued.
         let mut held = Held::default();
         for _ in 0..100 {
-            held = counter.held_by(pid).unwrap();
+            held = counter.held_by(&pidfd, pid).unwrap();
             if held.queued == 1 {
                 break;
             }
@@ -191,7 +198,7 @@ mod tests {
         assert_eq!(
             HeldCounter::open(port, false)
                 .unwrap()
-                .held_by(pid)
+                .held_by(&pidfd, pid)
                 .unwrap()
                 .queued,
             0
@@ -202,8 +209,8 @@ mod tests {
         let mut first = &accepted[0];
         let mut byte = [0; 1];
         assert_eq!(first.read(&mut byte).unwrap(), 0);
-        assert_eq!(counter.held_by(pid).unwrap().connections, 2);
+        assert_eq!(counter.held_by(&pidfd, pid).unwrap().connections, 2);
         drop(accepted);
-        assert_eq!(counter.held_by(pid).unwrap().connections, 0);
+        assert_eq!(counter.held_by(&pidfd, pid).unwrap().connections, 0);
     }
 }

@@ -3,12 +3,14 @@
 //! against what the killed workers held, and those of requests sent on a kept-alive connection
 //! whose worker was already stopped (idle at the kill, not in flight) are told apart.
 
-use anyhow::{Context as _, Result};
-use cluster_load::KeptAliveFailure;
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
+use std::{
+    fs, thread,
+    time::{Duration, Instant},
 };
+
+use anyhow::{Context as _, Result, bail};
+use cluster_load::KeptAliveFailure;
+use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use serde::Serialize;
 
 use crate::{
@@ -45,30 +47,102 @@ pub struct KillAccount {
     pub failed_in_flight: u64,
 }
 
-/// Stops a random serving worker of `pool`, counts what it holds with `counter`, and SIGKILLs
-/// it. The stop keeps the count from moving between the reading and the kill. `None` when no
-/// worker serves, or the one picked was gone.
+/// How long the picked worker's threads get to stop.
+const STOP_WAIT: Duration = Duration::from_millis(100);
+
+/// Stops a random serving worker of `pool`, counts what it holds with `counter` once every
+/// thread of it has stopped, and SIGKILLs it. The stop keeps the count from moving between the
+/// reading and the kill. The worker is signalled through a pidfd opened after checking that the
+/// supervisor is its parent, so a pid reused since `cluster status` answered is never
+/// signalled. `None` when no worker serves, or the one picked was gone.
 pub fn kill_one(pool: &Pool, clock: &Clock, counter: &mut HeldCounter) -> Result<Option<Kill>> {
     let pids = pool.serving_pids()?;
     if pids.is_empty() {
         return Ok(None);
     }
     let pid = pids[fastrand::usize(..pids.len())];
-    let victim = Pid::from_raw(pid);
-    if kill(victim, Signal::SIGSTOP).is_err() {
+    let Some(process) = Pid::from_raw(pid) else {
+        return Ok(None);
+    };
+    let Ok(pidfd) = pidfd_open(process, PidfdFlags::empty()) else {
+        return Ok(None);
+    };
+    // Checked after the pidfd is open: the pidfd names this process for good.
+    if parent_of(pid) != Some(pool.pid()) {
+        return Ok(None);
+    }
+    if pidfd_send_signal(&pidfd, Signal::STOP).is_err() {
         return Ok(None);
     }
     let at_seconds = clock.started.elapsed().as_secs_f64();
-    let held = counter.held_by(pid);
+    let held = match wait_stopped(pid) {
+        Ok(true) => counter.held_by(&pidfd, pid),
+        // It exited on its own: no kill to count.
+        Ok(false) => return Ok(None),
+        Err(err) => Err(err),
+    };
     // Killed whether or not the reading worked, so no worker is left stopped; a stopped
     // process still dies of SIGKILL.
-    kill(victim, Signal::SIGKILL).with_context(|| format!("killing worker {pid}"))?;
+    pidfd_send_signal(&pidfd, Signal::KILL).with_context(|| format!("killing worker {pid}"))?;
     let held = held.with_context(|| format!("counting what worker {pid} held"))?;
     Ok(Some(Kill {
         pid,
         at_seconds,
         held,
     }))
+}
+
+/// The parent pid of `pid`, from `/proc/PID/stat` (the field after the state, which follows the
+/// parenthesized command name: proc_pid_stat(5)).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits until every thread of `pid` is stopped (`T` in `/proc/PID/task/TID/stat`): SIGSTOP
+/// returns at once, and a thread still in the middle of `accept4` finishes that call first.
+/// `false` if the process ended meanwhile (no task left, or only dead ones).
+fn wait_stopped(pid: i32) -> Result<bool> {
+    let tasks = format!("/proc/{pid}/task");
+    let deadline = Instant::now() + STOP_WAIT;
+    loop {
+        let Ok(entries) = fs::read_dir(&tasks) else {
+            return Ok(false);
+        };
+        let states: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|task| {
+                let stat = fs::read_to_string(task.path().join("stat")).ok()?;
+                Some(
+                    stat.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .next()?
+                        .to_owned(),
+                )
+            })
+            .collect();
+        if states
+            .iter()
+            .all(|state| ["Z", "X"].contains(&state.as_str()))
+        {
+            return Ok(false);
+        }
+        if states
+            .iter()
+            .all(|state| ["T", "t", "Z", "X"].contains(&state.as_str()))
+        {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "worker {pid} was not stopped within {} ms of SIGSTOP",
+                STOP_WAIT.as_millis()
+            );
+        }
+        thread::sleep(Duration::from_micros(100));
+    }
 }
 
 impl KillAccount {
@@ -141,6 +215,25 @@ mod tests {
                 failed_in_flight: 7,
             }
         );
+    }
+
+    #[test]
+    fn reads_the_parent_and_waits_for_a_stop() {
+        let own = i32::try_from(std::process::id()).unwrap();
+        let parent = i32::try_from(std::os::unix::process::parent_id()).unwrap();
+        assert_eq!(parent_of(own), Some(parent));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        assert_eq!(parent_of(pid), Some(own));
+        let pidfd = pidfd_open(Pid::from_raw(pid).unwrap(), PidfdFlags::empty()).unwrap();
+        pidfd_send_signal(&pidfd, Signal::STOP).unwrap();
+        assert!(wait_stopped(pid).unwrap(), "stopped");
+        pidfd_send_signal(&pidfd, Signal::KILL).unwrap();
+        child.wait().unwrap();
+        assert!(!wait_stopped(pid).unwrap(), "gone");
     }
 
     #[test]

@@ -274,6 +274,7 @@ impl Plan {
         kept_by: &mut Option<u64>,
     ) -> Result<Answer, Failure> {
         loop {
+            *kept_by = None;
             let mut connection = match slot.take() {
                 Some(connection) => connection,
                 None => {

@@ -253,7 +253,10 @@ async fn a_failure_on_a_kept_alive_connection_names_the_worker_that_held_it() {
     assert_eq!(failures.len() as u64, report.failed, "{report:#?}");
     for failure in failures {
         assert!([1000, 1001].contains(&failure.pid), "{report:#?}");
-        assert!((0.0..0.19).contains(&failure.sent_seconds), "{report:#?}");
+        assert!(
+            failure.sent_seconds <= report.elapsed_seconds,
+            "{report:#?}"
+        );
     }
     assert!(
         failures.is_sorted_by(|a, b| a.sent_seconds <= b.sent_seconds),

@@ -483,6 +483,8 @@ fn the_kill_scenario_counts_what_the_killed_worker_held() {
         at(account, "kills.0.at_seconds").as_f64().unwrap() >= 1.0,
         "{kill:#}"
     );
+    assert_eq!(at(account, "held"), 2, "{kill:#}");
+    assert_eq!(at(account, "queued"), 0, "{kill:#}");
     assert_eq!(at(account, "bound"), 2, "{kill:#}");
     let failed = at(kill, "failed").as_u64().unwrap();
     let idle_closed = at(kill, "errors.idle_closed").as_u64().unwrap();
