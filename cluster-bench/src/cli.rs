@@ -25,7 +25,7 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
     /// Concurrent clients.
-    #[arg(long, value_name = "C", default_value_t = 32, value_parser = parse_concurrency)]
+    #[arg(long, value_name = "C", default_value_t = 32, value_parser = cluster_load::parse_concurrency)]
     pub concurrency: usize,
     /// Modes, interleaved in each round [default: all; shared,round-robin with --quick].
     #[arg(long, value_name = "MODE,…", value_delimiter = ',')]
@@ -137,20 +137,6 @@ impl Cli {
         }
         Ok(plan)
     }
-}
-
-/// Parses `--concurrency`: 1 to the load generator's [`cluster_load::MAX_CONCURRENCY`].
-fn parse_concurrency(value: &str) -> Result<usize, String> {
-    value
-        .parse()
-        .ok()
-        .filter(|c| (1..=cluster_load::MAX_CONCURRENCY).contains(c))
-        .ok_or_else(|| {
-            format!(
-                "use a whole number from 1 to {}",
-                cluster_load::MAX_CONCURRENCY
-            )
-        })
 }
 
 /// The values given, else the quick or the full default, without repeats.

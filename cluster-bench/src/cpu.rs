@@ -33,13 +33,17 @@ pub fn ticks(pid: &str) -> io::Result<Ticks> {
     })
 }
 
-/// The times in a stat line. The command name (field 2) may hold spaces and parentheses, so
-/// fields are counted from its last `)`.
+/// The fields of a `/proc/PID/stat` line after the command name, from the state (field 3) on.
+/// The name (field 2) may hold spaces and parentheses, so they start after its last `)`
+/// (proc_pid_stat(5)).
+pub fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat.rsplit_once(')')?.1.split_whitespace())
+}
+
+/// The times in a stat line.
 fn parse_stat(stat: &str) -> Option<Ticks> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
     // After the name: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
-    let fields: Vec<u64> = after_name
-        .split_whitespace()
+    let fields: Vec<u64> = stat_fields(stat)?
         .skip(11)
         .take(4)
         .map(|f| f.parse().ok())

@@ -4,7 +4,9 @@
 //! whose worker was already stopped (idle at the kill, not in flight) are told apart.
 
 use std::{
-    fs, thread,
+    fs,
+    os::fd::OwnedFd,
+    thread,
     time::{Duration, Instant},
 };
 
@@ -14,6 +16,7 @@ use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use serde::Serialize;
 
 use crate::{
+    cpu::stat_fields,
     held::{Held, HeldCounter},
     lifecycle::Clock,
     pool::Pool,
@@ -52,25 +55,17 @@ const STOP_WAIT: Duration = Duration::from_millis(100);
 
 /// Stops a random serving worker of `pool`, counts what it holds with `counter` once every
 /// thread of it has stopped, and SIGKILLs it. The stop keeps the count from moving between the
-/// reading and the kill. The worker is signalled through a pidfd opened after checking that the
-/// supervisor is its parent, so a pid reused since `cluster status` answered is never
-/// signalled. `None` when no worker serves, or the one picked was gone.
+/// reading and the kill. The worker is signalled through [`open_worker`]'s pidfd. `None` when
+/// no worker serves, or the one picked was gone.
 pub fn kill_one(pool: &Pool, clock: &Clock, counter: &mut HeldCounter) -> Result<Option<Kill>> {
     let pids = pool.serving_pids()?;
     if pids.is_empty() {
         return Ok(None);
     }
     let pid = pids[fastrand::usize(..pids.len())];
-    let Some(process) = Pid::from_raw(pid) else {
+    let Some(pidfd) = open_worker(pool, pid) else {
         return Ok(None);
     };
-    let Ok(pidfd) = pidfd_open(process, PidfdFlags::empty()) else {
-        return Ok(None);
-    };
-    // Checked after the pidfd is open: the pidfd names this process for good.
-    if parent_of(pid) != Some(pool.pid()) {
-        return Ok(None);
-    }
     if pidfd_send_signal(&pidfd, Signal::STOP).is_err() {
         return Ok(None);
     }
@@ -92,12 +87,18 @@ pub fn kill_one(pool: &Pool, clock: &Clock, counter: &mut HeldCounter) -> Result
     }))
 }
 
-/// The parent pid of `pid`, from `/proc/PID/stat` (the field after the state, which follows the
-/// parenthesized command name: proc_pid_stat(5)).
+/// A pidfd for worker `pid` of `pool`, so that a pid reused since `cluster status` named it is
+/// never signalled: the parent is checked after the pidfd is open, which names this process
+/// for good. `None` if it is gone or not the pool's.
+pub fn open_worker(pool: &Pool, pid: i32) -> Option<OwnedFd> {
+    let pidfd = pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()?;
+    (parent_of(pid) == Some(pool.pid())).then_some(pidfd)
+}
+
+/// The parent pid of `pid`: the field after the state in `/proc/PID/stat`.
 fn parent_of(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, after_name) = stat.rsplit_once(')')?;
-    after_name.split_whitespace().nth(1)?.parse().ok()
+    stat_fields(&stat)?.nth(1)?.parse().ok()
 }
 
 /// Waits until every thread of `pid` is stopped (`T` in `/proc/PID/task/TID/stat`): SIGSTOP
@@ -114,13 +115,7 @@ fn wait_stopped(pid: i32) -> Result<bool> {
             .filter_map(Result::ok)
             .filter_map(|task| {
                 let stat = fs::read_to_string(task.path().join("stat")).ok()?;
-                Some(
-                    stat.rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .next()?
-                        .to_owned(),
-                )
+                Some(stat_fields(&stat)?.next()?.to_owned())
             })
             .collect();
         if states

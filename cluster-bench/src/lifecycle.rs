@@ -22,17 +22,15 @@ use crate::{
 };
 
 /// Reloads in the reload scenario.
-const RELOADS: u32 = 3;
+pub(crate) const RELOADS: u32 = 3;
 /// Time between two kills in the kill scenario.
 const KILL_EVERY: Duration = Duration::from_secs(1);
 /// Slots the scale scenario adds, and then removes.
-const SCALE_BY: u32 = 2;
+pub(crate) const SCALE_BY: u32 = 2;
 /// How often the scale scenario looks whether the pool has its new size.
 const SCALE_POLL: Duration = Duration::from_millis(100);
 /// Buckets of a run's time series: 250 ms each in a 10 s run.
 const TIMELINE_BUCKETS: u32 = 40;
-/// The generator's request timeout in the scenarios where no worker is stopped (its default).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What happens to the pool during the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum, Serialize)]
@@ -92,7 +90,7 @@ impl Lifecycle {
     pub fn request_timeout(self) -> Duration {
         match self {
             Self::Stuck | Self::StuckHealthOff => stuck::REQUEST_TIMEOUT,
-            Self::Reload | Self::Kill | Self::Scale => REQUEST_TIMEOUT,
+            Self::Reload | Self::Kill | Self::Scale => cluster_load::DEFAULT_TIMEOUT,
         }
     }
 }

@@ -8,7 +8,7 @@ use cluster_load::{ErrorClass, ErrorCounts};
 
 use crate::{
     kills::KillAccount,
-    lifecycle::{Event, Lifecycle, LifecycleRun},
+    lifecycle::{Event, Lifecycle, LifecycleRun, RELOADS, SCALE_BY},
     results::Bench,
     stuck::HUNG,
     traces,
@@ -180,7 +180,7 @@ fn what_to_expect(run: &LifecycleRun, bench: &Bench) -> String {
     let workers = bench.settings.workers;
     match run.scenario {
         Lifecycle::Reload => format!(
-            "**reload**: 3 rolling reloads (`cluster reload`), evenly spread. The README \
+            "**reload**: {RELOADS} rolling reloads (`cluster reload`), evenly spread. The README \
              (Reloads) promises nothing lost under round-robin, sticky, least-conn and shared; \
              under hash connections queued on a closing socket are reset unless \
              `net.ipv4.tcp_migrate_req=1`, though the built-in worker accepts its queue before \
@@ -188,9 +188,10 @@ fn what_to_expect(run: &LifecycleRun, bench: &Bench) -> String {
         ),
         Lifecycle::Kill => format!(
             "**kill**: a random serving worker SIGKILLed every second. Just before, the bench \
-             stops it (SIGSTOP) and counts from `/proc` the connections it holds on the pool's \
-             port and, where the worker has a listening socket of its own (not under shared), \
-             the connections queued on it, so the count cannot move before the kill. Each held \
+             stops it (SIGSTOP), counts the connections it holds on the pool's port (its \
+             sockets copied out with `pidfd_getfd`) and, where the worker has a listening socket \
+             of its own (not under shared), the connections queued on it (sock_diag), so the \
+             count cannot move before the kill. Each held \
              connection has a request in flight or waits idle for the client's next one; a \
              queued one has its request in flight (the program modes migrate it to a live \
              worker). The target is failed ≤ held + queued, summed over the kills. A request \
@@ -206,7 +207,8 @@ fn what_to_expect(run: &LifecycleRun, bench: &Bench) -> String {
             bench.system.tcp_migrate_req_value()
         ),
         Lifecycle::Stuck => format!(
-            "**stuck**: the worker that had answered the load last was stopped with SIGSTOP at \
+            "**stuck**: the worker that had answered the load last (else a random serving one) \
+             was stopped with SIGSTOP at \
              a tenth of the run and continued with SIGCONT when the load stopped sending; \
              its pools ran with `{}` (the defaults). The request timeout was {timeout} s, as in the \
              README's health experiment, so a client caught on the stopped worker fails and \
@@ -232,7 +234,7 @@ fn what_to_expect(run: &LifecycleRun, bench: &Bench) -> String {
              request. The targets ask 0 failed of round-robin, sticky and least-conn, whose \
              program makes that selection; shared and hash are reported. Request timeout \
              {timeout} s.",
-            workers + 2
+            workers + SCALE_BY
         ),
     }
 }

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Width of a plot, and height of one panel.
-pub(crate) const WIDTH: u32 = 900;
+const WIDTH: u32 = 900;
 const PANEL_HEIGHT: u32 = 260;
 /// The percentiles drawn, with their colours.
 const PERCENTILES: [(&str, RGBColor); 4] = [

@@ -2,16 +2,14 @@
 //! tenth of the run, watched through `cluster status --json` (stalled, or killed as hung), and
 //! continued with SIGCONT when the load stops sending, if it is still alive.
 
-use std::{thread, time::Duration};
+use std::{os::fd::OwnedFd, thread, time::Duration};
 
 use anyhow::{Context as _, Result};
 use cluster_load::Live;
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use rustix::process::{Signal, pidfd_send_signal};
 
 use crate::{
+    kills::open_worker,
     lifecycle::{Clock, Event},
     pool::Pool,
 };
@@ -26,14 +24,14 @@ const STOP_AT: u32 = 10;
 /// 0.25 s too, so a stall shows at most about this late.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 
-/// A stopped worker, continued when dropped (also when the bench fails halfway).
+/// A stopped worker (its pidfd), continued when dropped (also when the bench fails halfway).
 #[derive(Debug)]
-struct Stopped(Pid);
+struct Stopped(OwnedFd);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        // ESRCH: it was killed as hung meanwhile.
-        let _ = kill(self.0, Signal::SIGCONT);
+        // ESRCH: it was killed as hung meanwhile; the pidfd never names another process.
+        let _ = pidfd_send_signal(&self.0, Signal::CONT);
     }
 }
 
@@ -42,8 +40,10 @@ impl Drop for Stopped {
 pub fn stop_one(pool: &Pool, clock: Clock, live: &Live) -> Result<Vec<Event>> {
     clock.sleep_until(clock.duration / STOP_AT);
     let victim = victim(pool, live)?;
-    kill(victim, Signal::SIGSTOP).with_context(|| format!("stopping worker {victim}"))?;
-    let stopped = Stopped(victim);
+    let pidfd = open_worker(pool, victim)
+        .with_context(|| format!("worker {victim} is gone or not the pool's"))?;
+    pidfd_send_signal(&pidfd, Signal::STOP).with_context(|| format!("stopping worker {victim}"))?;
+    let stopped = Stopped(pidfd);
     let mut stop = Event::now("SIGSTOP", &clock);
     let mut events = Vec::new();
     let mut stalled = false;
@@ -52,7 +52,7 @@ pub fn stop_one(pool: &Pool, clock: Clock, live: &Live) -> Result<Vec<Event>> {
         // A status that fails now and then (the supervisor busy past the control timeout)
         // only misses one look.
         let Ok(status) = pool.status() else { continue };
-        match status.rows.iter().find(|r| r.pid == Some(victim.as_raw())) {
+        match status.rows.iter().find(|r| r.pid == Some(victim)) {
             None => {
                 events.push(Event::now(HUNG, &clock));
                 break;
@@ -76,16 +76,15 @@ pub fn stop_one(pool: &Pool, clock: Clock, live: &Live) -> Result<Vec<Event>> {
 }
 
 /// The worker that answered the load last, if it still serves; else a random serving one.
-fn victim(pool: &Pool, live: &Live) -> Result<Pid> {
+fn victim(pool: &Pool, live: &Live) -> Result<i32> {
     let serving = pool.serving_pids()?;
     let reached = live
         .last_pid()
         .and_then(|pid| i32::try_from(pid).ok())
         .filter(|pid| serving.contains(pid));
-    let pid = match reached {
-        Some(pid) => pid,
+    match reached {
+        Some(pid) => Ok(pid),
         None if serving.is_empty() => anyhow::bail!("no worker serves: none to stop"),
-        None => serving[fastrand::usize(..serving.len())],
-    };
-    Ok(Pid::from_raw(pid))
+        None => Ok(serving[fastrand::usize(..serving.len())]),
+    }
 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::{
     decision_cost::CostMode,
-    lifecycle::Lifecycle,
+    lifecycle::{Lifecycle, SCALE_BY},
     matrix::{Mode, Pattern, Scenario},
     peer,
     results::{Bench, CaseResult, Summary},
@@ -226,7 +226,8 @@ fn workers_scale(bench: &Bench, targets: &mut Vec<Target>) {
 fn lifecycle(bench: &Bench, targets: &mut Vec<Target>) {
     if bench.lifecycle.is_empty() {
         targets.push(Target::not_measured(
-            "reload scenario: 0 failed; kill scenario: failures ≤ in flight + connections held"
+            "reload scenario: 0 failed; kill scenario: failed ≤ connections held + queued at the \
+             kills"
                 .to_owned(),
             "no lifecycle scenario ran (--lifecycle)",
         ));
@@ -278,7 +279,7 @@ fn lifecycle(bench: &Bench, targets: &mut Vec<Target>) {
             Lifecycle::Scale if mode.in_kernel() => targets.push(Target::check(
                 format!(
                     "scale to {} and back: 0 failed, {mode}, {pattern}",
-                    bench.settings.workers + 2
+                    bench.settings.workers + SCALE_BY
                 ),
                 format!("{} failed of {}", run.failed, run.requests),
                 run.failed == 0,

@@ -10,13 +10,11 @@ use cluster_load::Timeline;
 use plotters::prelude::*;
 
 use crate::{
-    lifecycle::{Lifecycle, LifecycleRun},
-    plots::{Area, WIDTH, legend, plot_error},
+    lifecycle::{Lifecycle, LifecycleRun, RELOADS, SCALE_BY},
+    plots::{self, Area, legend, plot_error},
     results::Bench,
 };
 
-/// Height of one panel (as wide as the other plots).
-const PANEL_HEIGHT: u32 = 240;
 /// The latency lines, with their colours.
 const LINES: [(&str, RGBColor); 3] = [
     ("p50", RGBColor(31, 119, 180)),
@@ -56,11 +54,11 @@ fn ran(bench: &Bench) -> Vec<Lifecycle> {
 
 fn file(scenario: Lifecycle) -> (String, String) {
     let what = match scenario {
-        Lifecycle::Reload => "3 rolling reloads",
-        Lifecycle::Kill => "a worker SIGKILLed every second",
-        Lifecycle::Stuck => "a stuck worker (SIGSTOP)",
-        Lifecycle::StuckHealthOff => "a stuck worker (SIGSTOP), health check off",
-        Lifecycle::Scale => "scaled up by 2 and back",
+        Lifecycle::Reload => format!("{RELOADS} rolling reloads"),
+        Lifecycle::Kill => "a worker SIGKILLed every second".to_owned(),
+        Lifecycle::Stuck => "a stuck worker (SIGSTOP)".to_owned(),
+        Lifecycle::StuckHealthOff => "a stuck worker (SIGSTOP), health check off".to_owned(),
+        Lifecycle::Scale => format!("scaled up by {SCALE_BY} and back"),
     };
     (
         format!("trace-{}.svg", scenario.name()),
@@ -69,14 +67,7 @@ fn file(scenario: Lifecycle) -> (String, String) {
 }
 
 fn draw(path: &Path, title: &str, runs: &[&LifecycleRun]) -> Result<()> {
-    let panels = u32::try_from(runs.len().max(1))?;
-    let root = SVGBackend::new(path, (WIDTH, 40 + PANEL_HEIGHT * panels)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_error)?;
-    let root = root.titled(title, ("sans-serif", 22)).map_err(plot_error)?;
-    for (area, run) in root.split_evenly((runs.len().max(1), 1)).iter().zip(runs) {
-        panel(area, run)?;
-    }
-    root.present().map_err(plot_error)
+    plots::panels(path, title, runs.len(), |area, i| panel(area, runs[i]))
 }
 
 /// One run: latency lines on a log scale, failed bars on the right axis, events as bands (what

@@ -14,7 +14,8 @@ pub const MAX_SLOTS: u32 = 1024;
 pub const MAX_SOCKETS: u32 = 8192;
 
 /// Established connections migrated off a closing listener that can be counted on their new
-/// socket at once (`MOVED` entries); past that a migrated connection counts on its old one.
+/// socket at once (`MOVED` entries); past that a migrated connection counts on its old one
+/// only. A recorded one counts on both until it closes (it keeps its old listener's tag).
 pub const MAX_MOVED: u32 = 65536;
 
 /// Buckets of the sticky table. A power of two so a bucket is a mask, not a division.
@@ -134,7 +135,8 @@ pub mod event {
     /// to the kernel's hash without turning any rotation.
     pub const NOT_A_CONNECTION: u32 = 4;
     /// An established connection migrated off a closing listener could not be recorded in
-    /// `MOVED` (full): it counts on its old socket until it closes, not on its new one.
+    /// `MOVED` (full): it counts on its old socket until it closes, not on its new one (a
+    /// recorded one counts on both).
     pub const MOVE_UNRECORDED: u32 = 5;
     /// Number of counters.
     pub const COUNT: u32 = 6;

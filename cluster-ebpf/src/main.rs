@@ -43,7 +43,8 @@
 //!    (`reuseport_select_sock_by_hash`). Every member of our group is a worker's socket, or the
 //!    supervisor's parking socket, which is replaced once a worker serves so that what waited on
 //!    it migrates; so the connection waits and is served. `SK_DROP` would answer the SYN with a
-//!    RST instead;
+//!    RST instead. See net/core/filter.c `bpf_run_sk_reuseport` and net/core/sock_reuseport.c
+//!    `reuseport_select_sock`;
 //! 6. a readiness probe (its source port in `PROBE_PORTS`) whose starting socket is gone from
 //!    `PROBES`, or that would migrate off a closing socket: `SK_DROP`, the one place a connection
 //!    is reset on purpose, so that no serving worker sees a connection nobody made. A port
@@ -53,8 +54,6 @@
 //! 8. a migrated established connection cannot be recorded in `MOVED` (full) or its new socket
 //!    has no counters: it stays counted on the socket it left, as before the move, and is
 //!    counted down there when it closes; the first case counts `event::MOVE_UNRECORDED`.
-//!    See net/core/filter.c `bpf_run_sk_reuseport` and net/core/sock_reuseport.c
-//!    `reuseport_select_sock`.
 #![no_std]
 #![no_main]
 // `fetch_add` needs compare-and-swap, which the BPF target does not declare; the fetching add
@@ -117,7 +116,10 @@ static SOCKET_STATS: Array<SocketStats> = Array::with_max_entries(MAX_SOCKETS, 0
 static PROBES: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
 #[map]
 static PROBE_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SLOTS, 0);
-/// Allocated as entries are added (`BPF_F_NO_PREALLOC`): it is empty but during a migration.
+/// Allocated as entries are added (`BPF_F_NO_PREALLOC`): an entry lives from a connection's
+/// migration until it leaves ESTABLISHED, which for a kept-alive connection can be minutes. The
+/// connection keeps its old listener's tag, so it stays counted open on the old socket too
+/// until it closes.
 #[map]
 static MOVED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_MOVED, BPF_F_NO_PREALLOC);
 #[map]

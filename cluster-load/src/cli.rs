@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use cluster_load::{Config, ConfigError, ConnectionMode, MAX_CONCURRENCY, PathMix, Target};
+use cluster_load::{Config, ConfigError, ConnectionMode, PathMix, Target, parse_concurrency};
 
 /// Sends HTTP/1.1 load to a URL for a fixed time and reports requests per second, latency
 /// percentiles, failed requests by class, and how the answers were shared among workers (the
@@ -83,14 +83,6 @@ impl Cli {
         config.validate()?;
         Ok(config)
     }
-}
-
-fn parse_concurrency(value: &str) -> Result<usize, String> {
-    value
-        .parse::<usize>()
-        .ok()
-        .filter(|c| (1..=MAX_CONCURRENCY).contains(c))
-        .ok_or_else(|| format!("use a whole number from 1 to {MAX_CONCURRENCY}"))
 }
 
 /// A positive number of seconds, decimals allowed (`0.5`), at most a day.

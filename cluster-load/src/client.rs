@@ -118,9 +118,10 @@ impl Connection {
         Ok(answer)
     }
 
-    /// The worker that answered on it, once it has answered: the one holding it kept alive.
+    /// The worker that answered on it, once it has answered: the one holding it kept alive
+    /// (`pid` is only set by an answer).
     pub(crate) fn kept_by(&self) -> Option<u64> {
-        if self.answered > 0 { self.pid } else { None }
+        self.pid
     }
 
     /// Why the connection closed before a request was sent on it: the error that ended it

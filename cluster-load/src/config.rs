@@ -13,8 +13,24 @@ use crate::{
     timeline::{MAX_TIMELINE_BUCKETS, bucket_count},
 };
 
+/// How long one request may take unless the config says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Most concurrent clients a run may have.
 pub const MAX_CONCURRENCY: usize = 100_000;
+
+/// Parses a client count given on a command line: 1 to [`MAX_CONCURRENCY`].
+///
+/// # Errors
+///
+/// What to give instead, for anything else.
+pub fn parse_concurrency(value: &str) -> Result<usize, String> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|c| (1..=MAX_CONCURRENCY).contains(c))
+        .ok_or_else(|| format!("use a whole number from 1 to {MAX_CONCURRENCY}"))
+}
 
 /// How a client uses connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +80,7 @@ impl Config {
             rate: None,
             mode: ConnectionMode::PerRequest,
             spread_sources: None,
-            timeout: Duration::from_secs(10),
+            timeout: DEFAULT_TIMEOUT,
             timeline: None,
         }
     }

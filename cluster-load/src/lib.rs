@@ -36,7 +36,9 @@ mod stats;
 mod target;
 mod timeline;
 
-pub use config::{Config, ConfigError, ConnectionMode, MAX_CONCURRENCY};
+pub use config::{
+    Config, ConfigError, ConnectionMode, DEFAULT_TIMEOUT, MAX_CONCURRENCY, parse_concurrency,
+};
 pub use engine::{Live, LoadError, Running, run, start};
 pub use errors::{ErrorClass, ErrorCounts};
 pub use mix::PathMix;

@@ -5,29 +5,18 @@
 //! and SVG plots, the latency traces among them, that parse as XML. Without `node` on PATH the
 //! peer is skipped, and bench.json says so. No figure is asserted: speed is never tested.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{fs, path::Path, process::Command};
 
-use cluster_tests::{bench_binary, cluster_binary, require_root, run_captured};
+use cluster_tests::{ScratchDir, bench_binary, cluster_binary, require_root, run_captured};
 use serde_json::Value;
 
-/// A fresh output directory, removed when dropped.
-struct OutDir(PathBuf);
-
-impl OutDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("cluster-bench-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for OutDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+/// Asserts that `text` (named `what` in the message) contains every one of `needles`.
+fn assert_contains_all(text: &str, what: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(
+            text.contains(needle),
+            "no {needle:?} in the {what}:\n{text}"
+        );
     }
 }
 
@@ -66,7 +55,7 @@ fn assert_well_formed_svg(path: &Path) {
 /// `path` as PATH (`None`: this process's), asserts that it succeeded, and returns its stdout and
 /// bench.json.
 fn quick_bench(
-    out: &OutDir,
+    out: &ScratchDir,
     seconds: &str,
     args: &[&str],
     path: Option<&std::ffi::OsStr>,
@@ -84,7 +73,7 @@ fn quick_bench(
             "--quiet",
             "--out",
         ])
-        .arg(&out.0)
+        .arg(out.path())
         .args(args);
     if let Some(path) = path {
         bench.env("PATH", path);
@@ -97,7 +86,7 @@ fn quick_bench(
         run.stderr
     );
     let json =
-        serde_json::from_str(&fs::read_to_string(out.0.join("bench.json")).unwrap()).unwrap();
+        serde_json::from_str(&fs::read_to_string(out.path().join("bench.json")).unwrap()).unwrap();
     (run.stdout, json)
 }
 
@@ -117,7 +106,7 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
         "this test runs the bench's Node peer and needs `node` on PATH: install nodejs (as root \
          `cargo xtask test` does with apt-get)"
     );
-    let out = OutDir::new("test");
+    let out = ScratchDir::new("bench-test");
     let (stdout, json) = quick_bench(&out, "1", &["--lifecycle", "stuck,scale"], None);
     assert!(stdout.contains("placement: "), "{stdout}");
     assert_eq!(at(&json, "schema"), 2);
@@ -221,35 +210,35 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
         at(target, "measured");
     }
 
-    let report = fs::read_to_string(out.0.join("bench-report.md")).unwrap();
-    for section in [
-        "# Bench report",
-        "- placement: ",
-        "## Targets",
-        "## light handler, per-request",
-        "## Decision cost",
-        "| 2 | round-robin |",
-        "| shared | 2 |",
-        "| round-robin | 2 |",
-        "## Plots",
-    ] {
-        assert!(report.contains(section), "no {section:?} in:\n{report}");
-    }
-    for section in [
-        "## Lifecycle scenarios",
-        "| stuck | per-request | shared |",
-        "| scale | per-request | round-robin |",
-        "**stuck**: ",
-        "**scale**: ",
-    ] {
-        assert!(report.contains(section), "no {section:?} in:\n{report}");
-    }
-    for line in [
-        "stuck             per-request  shared",
-        "scale             per-request  round-robin",
-    ] {
-        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
-    }
+    let report = fs::read_to_string(out.path().join("bench-report.md")).unwrap();
+    assert_contains_all(
+        &report,
+        "report",
+        &[
+            "# Bench report",
+            "- placement: ",
+            "## Targets",
+            "## light handler, per-request",
+            "## Decision cost",
+            "| 2 | round-robin |",
+            "| shared | 2 |",
+            "| round-robin | 2 |",
+            "## Plots",
+            "## Lifecycle scenarios",
+            "| stuck | per-request | shared |",
+            "| scale | per-request | round-robin |",
+            "**stuck**: ",
+            "**scale**: ",
+        ],
+    );
+    assert_contains_all(
+        &stdout,
+        "stdout",
+        &[
+            "stuck             per-request  shared",
+            "scale             per-request  round-robin",
+        ],
+    );
     for svg in [
         "throughput.svg",
         "latency.svg",
@@ -259,20 +248,23 @@ fn a_quick_bench_writes_its_report_json_and_plots() {
         "trace-scale.svg",
     ] {
         assert!(report.contains(&format!("]({svg})")), "{report}");
-        assert_well_formed_svg(&out.0.join(svg));
+        assert_well_formed_svg(&out.path().join(svg));
     }
     assert_node_peer_ran(&json, &report, &out);
 }
 
 /// The peer ran the Node app under Node's cluster and under the pool's two quick modes, every
 /// worker answered with its slot, and the report sets them side by side.
-fn assert_node_peer_ran(json: &Value, report: &str, out: &OutDir) {
+fn assert_node_peer_ran(json: &Value, report: &str, out: &ScratchDir) {
     let peer = at(json, "peer");
     assert_eq!(at(peer, "status"), "ran", "{peer:#}");
     assert!(at(peer, "skipped_because").is_null(), "{peer:#}");
     assert!(at(peer, "node_version").as_str().unwrap().starts_with('v'));
     let app = Path::new(at(peer, "app").as_str().unwrap());
-    assert_eq!(app, out.0.join("node/server.js").canonicalize().unwrap());
+    assert_eq!(
+        app,
+        out.path().join("node/server.js").canonicalize().unwrap()
+    );
     for path in [
         "iterations.uniform",
         "iterations.mixed_light",
@@ -316,15 +308,17 @@ fn assert_node_peer_ran(json: &Value, report: &str, out: &OutDir) {
         }),
         "the no-loop target against Node's cluster is measured: {targets:#?}"
     );
-    for section in [
-        "## Node peer: user-space, OS and in-kernel scheduling side by side",
-        "### Node app, no loop handler, per-request",
-        "| user space | node-cluster | 2 |",
-        "| OS | shared | 2 |",
-        "| in kernel | round-robin | 2 |",
-    ] {
-        assert!(report.contains(section), "no {section:?} in:\n{report}");
-    }
+    assert_contains_all(
+        report,
+        "report",
+        &[
+            "## Node peer: user-space, OS and in-kernel scheduling side by side",
+            "### Node app, no loop handler, per-request",
+            "| user space | node-cluster | 2 |",
+            "| OS | shared | 2 |",
+            "| in kernel | round-robin | 2 |",
+        ],
+    );
 }
 
 /// Without `node` on PATH the bench still runs, and bench.json and the report say the peer was
@@ -335,7 +329,7 @@ fn without_node_the_peer_is_skipped_and_said_so() {
     let without_node =
         std::env::join_paths(std::env::split_paths(&path).filter(|dir| !dir.join("node").exists()))
             .unwrap();
-    let out = OutDir::new("no-node");
+    let out = ScratchDir::new("bench-no-node");
     let (_, json) = quick_bench(
         &out,
         "1",
@@ -354,12 +348,12 @@ fn without_node_the_peer_is_skipped_and_said_so() {
         .collect();
     assert_eq!(node_targets.len(), 1, "{node_targets:#?}");
     assert_eq!(at(node_targets[0], "verdict"), "not-measured");
-    assert!(!out.0.join("node-peer.svg").exists());
+    assert!(!out.path().join("node-peer.svg").exists());
     assert!(
-        !out.0.join("node").exists(),
+        !out.path().join("node").exists(),
         "no app is written when skipped"
     );
-    let report = fs::read_to_string(out.0.join("bench-report.md")).unwrap();
+    let report = fs::read_to_string(out.path().join("bench-report.md")).unwrap();
     assert!(
         report.contains("## Node peer: user-space, OS and in-kernel scheduling side by side"),
         "{report}"
@@ -448,7 +442,7 @@ fn check_lifecycle(json: &Value) {
 #[test]
 fn the_kill_scenario_counts_what_the_killed_worker_held() {
     require_root();
-    let out = OutDir::new("kill");
+    let out = ScratchDir::new("bench-kill");
     let (stdout, json) = quick_bench(
         &out,
         "2",
@@ -525,13 +519,15 @@ fn the_kill_scenario_counts_what_the_killed_worker_held() {
         ],
         "{stdout}"
     );
-    let report = fs::read_to_string(out.0.join("bench-report.md")).unwrap();
-    for line in [
-        "### Killed workers: failures against what they held",
-        "| keep-alive | round-robin | 1.",
-        "`net.ipv4.tcp_migrate_req`: ",
-    ] {
-        assert!(report.contains(line), "no {line:?} in:\n{report}");
-    }
-    assert_well_formed_svg(&out.0.join("trace-kill.svg"));
+    let report = fs::read_to_string(out.path().join("bench-report.md")).unwrap();
+    assert_contains_all(
+        &report,
+        "report",
+        &[
+            "### Killed workers: failures against what they held",
+            "| keep-alive | round-robin | 1.",
+            "`net.ipv4.tcp_migrate_req`: ",
+        ],
+    );
+    assert_well_formed_svg(&out.path().join("trace-kill.svg"));
 }

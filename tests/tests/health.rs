@@ -402,7 +402,7 @@ fn stopped_under_load(mode: &str) {
         thread::sleep(Duration::from_secs(1));
         let stopped = row(&cluster.status(), pid).expect("the stopped worker's row");
         let open = stopped["open"].as_i64().expect("open");
-        let queued = stopped["queued"].as_i64().unwrap_or(0);
+        let queued = stopped["queued"].as_i64().expect("queued");
         let accepted = u64::try_from(open - queued).unwrap_or(0);
         wait_for(&cluster, "the stopped worker stalled", |status| {
             row(status, pid).filter(|r| r["phase"] == "stalled")

@@ -105,17 +105,19 @@ impl Supervisor {
 /// program steers, a socket gets connections only once its worker is ready, and a closing
 /// socket's queue migrates (with a migrate-capable kernel); under `hash` a socket gets its share
 /// as soon as it listens and a closing one's queue migrates only with `tcp_migrate_req`; under
-/// `shared` the one socket outlives every worker.
+/// `shared` the one socket outlives every worker. The cost floors select no worker of their own,
+/// so the kernel's hash places connections as under `hash`.
 pub(super) fn log_guarantee(options: &Options, fx: &SystemEffects) {
     let steering = options.mode;
-    if let Some(program) = fx.steering.program() {
+    let selecting = fx.steering.program().filter(|p| !p.policy().is_floor());
+    if let Some(program) = selecting {
         let migrate = program.migrates();
         info!(%steering, migrate, "a socket gets connections only once its worker is ready; what is queued on a closing socket migrates to the serving workers (reset instead where the kernel cannot migrate: migrate=false)");
     } else if steering == SteeringMode::Shared {
         info!(%steering, "one listening socket, held by the supervisor, for every worker: a worker's exit or reload leaves what is queued to the others");
     } else {
         let migrate_req = tcp_migrate_req();
-        info!(%steering, migrate_req, "no program: a socket takes its hash share as soon as it listens, before its worker is ready; what is queued on a closing socket is reset unless net.ipv4.tcp_migrate_req=1");
+        info!(%steering, migrate_req, "no selecting program: a socket takes its hash share as soon as it listens, before its worker is ready; what is queued on a closing socket is reset unless net.ipv4.tcp_migrate_req=1");
     }
 }
 
@@ -140,9 +142,9 @@ pub(super) fn watch_queues(
         }
     }
     if fx.steering.program().is_none() {
+        // What happens to its queue was logged at start (`log_guarantee`).
         info!(
-            migrate_req = tcp_migrate_req(),
-            "--steering hash: a stalled worker keeps its hash share (no program to skip it); a hung one is killed, and what was queued on it is reset unless net.ipv4.tcp_migrate_req=1"
+            "--steering hash: a stalled worker keeps its hash share (no program to skip it); a hung one is killed"
         );
     }
     match AcceptQueues::open(options.addr.port()) {

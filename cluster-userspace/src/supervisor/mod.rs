@@ -574,22 +574,13 @@ impl Supervisor {
             Err(err) => warn!(error = %err, "could not read steering events"),
         }
         if self.run_stats.is_some() {
-            match program.costs() {
-                Ok(costs) => {
-                    for cost in costs {
-                        let ns_per_run = u64::try_from(cost.run_time.as_nanos())
-                            .unwrap_or(u64::MAX)
-                            .checked_div(cost.runs)
-                            .unwrap_or(0);
-                        info!(
-                            program = cost.program,
-                            runs = cost.runs,
-                            ns_per_run,
-                            "program cost"
-                        );
-                    }
-                }
-                Err(err) => warn!(error = %err, "could not read the programs' stats"),
+            for cost in status::program_stats(&self.fx) {
+                info!(
+                    program = cost.program,
+                    runs = cost.runs,
+                    ns_per_run = cost.run_time_ns.checked_div(cost.runs).unwrap_or(0),
+                    "program cost"
+                );
             }
         }
     }

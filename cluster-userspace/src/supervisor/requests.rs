@@ -73,7 +73,8 @@ impl Supervisor {
         }
     }
 
-    /// Answers the requests waiting for a reload that ended.
+    /// Answers the requests waiting for a reload that ended, and counts how it ended for
+    /// `status` (`reloads`).
     pub(super) fn answer_reload_waiters(&mut self) {
         for outcome in self.pool.take_outcomes() {
             if outcome.failure.is_some() {

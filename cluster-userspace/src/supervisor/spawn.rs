@@ -147,16 +147,16 @@ impl WorkerProgram {
     }
 
     /// Why a worker's exec failed with `errno`, with what that likely means for this file. Its
-    /// first bytes are read now (a deploy may have replaced it since the pool started): one
-    /// short read of a local file, like the /proc files the event loop reads.
+    /// first bytes are read now (a deploy may have replaced it since the pool started). This
+    /// read runs on the event loop's thread and blocks it for as long as the file's filesystem
+    /// takes (a network filesystem may take long); it happens only after a failed exec.
     #[must_use]
     pub fn exec_error(&self, errno: i32) -> SpawnError {
-        let path = self.display();
-        let header = Header::read(Path::new(&path));
+        let header = Header::read(Path::new(OsStr::from_bytes(self.path.as_bytes())));
         SpawnError::Exec {
             source: io::Error::from_raw_os_error(errno),
             hint: exec_hint(errno, &header).map_or_else(String::new, |h| format!("; {h}")),
-            path,
+            path: self.display(),
         }
     }
 

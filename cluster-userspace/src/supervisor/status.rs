@@ -80,8 +80,8 @@ pub fn snapshot(
     }
 }
 
-/// The run stats of the loaded programs; none when they cannot be read.
-fn program_stats(fx: &SystemEffects) -> Vec<ProgramStats> {
+/// The run stats of the loaded programs; none when they cannot be read (logged).
+pub(super) fn program_stats(fx: &SystemEffects) -> Vec<ProgramStats> {
     let Some(program) = fx.steering.program() else {
         return Vec::new();
     };
