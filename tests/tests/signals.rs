@@ -177,15 +177,26 @@ fn stubborn_pool(shutdown_timeout: &str) -> Cluster {
     started(Cluster::spawn_command(command), 2)
 }
 
-/// Waits until each of the first `slots` slots has started its worker. These workers never
-/// accept, so the pool never becomes ready: `ready` is not waited for.
+/// Waits until each of the first `slots` slots has started its worker and the worker runs
+/// `sleep` (the pools here run `… exec sleep 300`). A worker is logged as started once forked,
+/// before its exec: until then it still has the supervisor's blocked signals, and a shell has
+/// not yet set its `trap`. These workers never accept, so `ready` is not waited for.
 fn started(cluster: Cluster, slots: u32) -> Cluster {
     let all = cluster.wait_for_log(Duration::from_secs(30), |_| {
         (0..slots)
-            .all(|slot| cluster.started_pid(slot, 0).is_some())
+            .all(|slot| {
+                cluster.started_pid(slot, 0).is_some_and(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|comm| comm.trim() == "sleep")
+                })
+            })
             .then_some(())
     });
-    assert!(all.is_some(), "workers not started:\n{}", cluster.log());
+    assert!(
+        all.is_some(),
+        "workers not running sleep:\n{}",
+        cluster.log()
+    );
     cluster
 }
 
